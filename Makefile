@@ -1,0 +1,20 @@
+# Two entry points: `make demo` (the whole path on the built-in demo data) and `make test`.
+# Each creates .venv on first use and installs the project into it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m flows.train_eval
+
+test: $(STAMP)
+	$(BIN)/python -m pytest

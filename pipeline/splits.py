@@ -1,0 +1,40 @@
+"""Seeded, stratified splits: train/test for datasets without one, val carved from train."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+
+def stratified_holdout(labels: Sequence[object] | np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask ``[N]``: True for a seeded, class-stratified ``fraction`` of the items.
+
+    Raises ``ValueError`` naming the class when one has too few items to stratify.
+    """
+    labels = np.asarray(labels)
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    values, counts = np.unique(labels, return_counts=True)
+    if (counts < 2).any():
+        raise ValueError(f"cannot stratify: class {values[counts < 2][0]!r} has only one item")
+    _, held = train_test_split(np.arange(len(labels)), test_size=fraction, stratify=labels, random_state=seed)
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[held] = True
+    return mask
+
+
+def carve_val(split: Sequence[str] | np.ndarray, labels: Sequence[object] | np.ndarray,
+              fraction: float, seed: int) -> np.ndarray:
+    """Split names ``[N]`` with a stratified ``fraction`` of ``train`` turned into ``val``.
+
+    Returns a copy unchanged when a ``val`` split already exists.
+    """
+    split = np.asarray(split, dtype=object).copy()
+    if (split == "val").any():
+        return split
+    train = np.flatnonzero(split == "train")
+    held = stratified_holdout(np.asarray(labels)[train], fraction, seed)
+    split[train[held]] = "val"
+    return split
