@@ -18,7 +18,7 @@ def stratified_holdout(labels: Sequence[object] | np.ndarray, fraction: float, s
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")
     values, counts = np.unique(labels, return_counts=True)
     if (counts < 2).any():
-        raise ValueError(f"cannot stratify: class {values[counts < 2][0]!r} has only one item")
+        raise ValueError(f"cannot stratify: class {str(values[counts < 2][0])!r} has only one item")
     _, held = train_test_split(np.arange(len(labels)), test_size=fraction, stratify=labels, random_state=seed)
     mask = np.zeros(len(labels), dtype=bool)
     mask[held] = True
