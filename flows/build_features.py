@@ -1,0 +1,324 @@
+"""``build-features``: manifest -> acquisition -> segmentation -> extraction -> feature shards.
+
+    python -m flows.build_features --demo-clips 120 --weights random      # the demo videos
+    python -m flows.build_features --manifest ave.parquet --out outputs    # your manifest
+    python -m flows.build_features ... --task-runner dask --dask-workers 2  # scale out
+
+Tasks map over shards of clips (``clips_per_shard`` manifest rows each), never one task per
+clip. Each task's cache key hashes its rows, its config and the source of the modules that
+compute it; results persist beside the outputs (``<out>/.prefect-results``), so a re-run
+with the same inputs is Cached and does no work. The feature set lands in
+``<out>/features/<key>/shards/`` with the key a hash of the manifest, the configs and the
+code, so a changed config lands beside the old set. A per-shard file lock and
+write-then-rename make a killed run resumable and two concurrent runs safe: a shard is
+done exactly when its failures file exists, and it is written after the shard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import threading
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+from filelock import FileLock
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect.runtime import task_run
+from prefect.tasks import exponential_backoff
+
+from extractors.extract import ClipJob, ExtractConfig, Extractors, extract_features
+from flows import PROJECT_ROOT
+from flows.common import (add_runner_arguments, digest, file_digest, frame_digest, key_of, link_dir, results_dir,
+                          runner_from_arguments, short, source_digest)
+from pipeline.acquire import AcquireConfig, acquire, availability_failures, available_sources
+from pipeline.demo import LABELS_FILE, DemoConfig, write_demo
+from pipeline.failures import Failure, failures_frame, read_failures, write_failures
+from pipeline.folder import build_folder_manifest
+from pipeline.manifest import read_manifest, write_manifest
+from pipeline.media import SegmentConfig, segment_clip
+from pipeline.youtube import TRANSIENT
+
+DEFAULT_OUT = PROJECT_ROOT / "outputs"
+ACQUIRE_CODE = ("pipeline.acquire", "pipeline.youtube")
+EXTRACT_CODE = ("pipeline.media", "pipeline.decode", "extractors")
+DEMO_CODE = ("pipeline.demo",)
+ACQUIRE_RETRIES = 3
+
+
+class TransientAcquireError(RuntimeError):
+    """Some sources failed for a reason that may pass (network); the task is retried with backoff."""
+
+
+@dataclass(frozen=True)
+class AcquireJob:
+    """One shard's acquisition: its manifest rows and where downloads go (``config.cache_dir``)."""
+
+    key: str
+    index: int
+    rows: pd.DataFrame
+    config: AcquireConfig
+    lock: Path
+
+
+@dataclass(frozen=True)
+class ExtractJob:
+    """One shard's segmentation and extraction into ``shard`` (``failures`` marks it done)."""
+
+    key: str
+    index: int
+    rows: pd.DataFrame
+    segment: SegmentConfig
+    extract: ExtractConfig
+    shard: Path
+    failures: Path
+    work: Path
+    lock: Path
+    dataset: str
+
+
+@dataclass
+class ShardOutcome:
+    """What one extraction task produced; ``reused`` when the shard was found finished on disk."""
+
+    index: int
+    shard: Path | None
+    clips: int
+    extracted: int
+    failures: list[Failure]
+    reused: bool
+
+
+@dataclass
+class FeatureSetOutcome:
+    """The flow's result: the shard folder and the counts of its Markdown summary."""
+
+    shards: Path
+    asked: int
+    obtained: int
+    extracted: int
+    failures_by_kind: dict[str, int]
+    shard_states: dict[str, int] = field(default_factory=dict)  # Completed / Cached counts
+    reused_on_disk: int = 0
+
+
+# --- plain helpers (no Prefect): rows -> clip jobs, models per process -------------------------
+
+def clip_jobs(rows: pd.DataFrame, availability: pd.DataFrame, segment: SegmentConfig) -> list[ClipJob]:
+    """Clip jobs for the rows whose source is available; each job's loader cuts its clip."""
+    paths, offsets = available_sources(availability)
+    jobs = []
+    for row in rows.itertuples(index=False):
+        if row.clip_id not in paths:
+            continue  # acquisition recorded why
+        offset = offsets.get(row.clip_id, 0.0)
+        load = partial(segment_clip, paths[row.clip_id], row.clip_id, max(0.0, row.clip_start_s - offset),
+                       row.clip_end_s - offset, segment)
+        jobs.append(ClipJob(clip_id=row.clip_id, label=row.label, label_id=int(row.label_id), split=row.split, load=load))
+    return jobs
+
+
+_MODELS: dict[ExtractConfig, Extractors] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def models_for(config: ExtractConfig) -> Extractors:
+    """The extractors of ``config``, built once per process (tasks of one worker share them)."""
+    key = replace(config, clips_per_shard=1)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = Extractors(config)
+        return _MODELS[key]
+
+
+def extract_cache_config(config: ExtractConfig) -> dict[str, object]:
+    """The parts of ``config`` that decide the features (weights files by content, not path)."""
+    decides = {name: getattr(config, name) for name in ("visual_model", "audio_postprocess", "seed")}
+    for name in ("audio_weights", "pca_weights", "visual_weights"):
+        value = getattr(config, name)
+        decides[name] = file_digest(value) if value not in (None, "random") else value
+    return decides
+
+
+# --- tasks ------------------------------------------------------------------------------------
+
+@task(name="demo-videos", cache_policy=key_of("key"), persist_result=True)
+def demo_videos(key: str, clips: int, config: DemoConfig, folder: Path) -> Path:
+    """Write the demo clips (real MP4s) under ``folder`` and return it."""
+    write_demo(folder, clips, config=config)
+    return folder
+
+
+@task(name="acquire-shard", retries=ACQUIRE_RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=10),
+      retry_jitter_factor=0.5, cache_policy=key_of("job"), persist_result=True)
+def acquire_shard(job: AcquireJob) -> pd.DataFrame:
+    """Make the shard's sources local; raises (so Prefect retries) while network failures remain."""
+    with FileLock(job.lock):
+        availability = acquire(job.rows, job.config)
+    transient = availability["outcome"].isin(TRANSIENT)
+    if transient.any() and task_run.run_count <= ACQUIRE_RETRIES:
+        raise TransientAcquireError(f"shard {job.index}: {int(transient.sum())} sources failed transiently "
+                                    f"(first: {availability.loc[transient, 'message'].iloc[0]})")
+    return availability
+
+
+@task(name="extract-shard", cache_policy=key_of("job"), persist_result=True)
+def extract_shard(job: ExtractJob, availability: pd.DataFrame) -> ShardOutcome:
+    """Segment and extract the shard's clips into one Parquet shard, unless it is already on disk."""
+    obtained = availability_failures(availability)
+    with FileLock(job.lock):
+        if job.failures.exists():  # written last, so the shard is complete
+            return _outcome(job, read_failures(job.failures), reused=True)
+        jobs = clip_jobs(job.rows, availability, job.segment)
+        shutil.rmtree(job.work, ignore_errors=True)  # a killed run's leftovers
+        result = extract_features(jobs, job.work, replace(job.extract, clips_per_shard=max(1, len(jobs))),
+                                  extractors=models_for(job.extract), extra_meta={"dataset": job.dataset})
+        if result.shards:
+            job.shard.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(result.shards[0], job.shard)
+        shutil.rmtree(job.work, ignore_errors=True)
+        write_failures(job.failures, obtained + result.failures)
+    return _outcome(job, obtained + result.failures, reused=False)
+
+
+def _outcome(job: ExtractJob, failures: list[Failure], *, reused: bool) -> ShardOutcome:
+    shard = job.shard if job.shard.exists() else None
+    extracted = pq.ParquetFile(shard).metadata.num_rows if shard is not None else 0
+    return ShardOutcome(job.index, shard, len(job.rows), extracted, failures, reused=reused)
+
+
+# --- the flow ---------------------------------------------------------------------------------
+
+def _manifest(manifest: Path | None, demo: DemoConfig, demo_clips: int, out: Path) -> tuple[pd.DataFrame, str]:
+    """The manifest to build from, and its dataset name: a file, or the demo videos (made once)."""
+    if manifest is not None:
+        frame = read_manifest(manifest)
+        return frame, str(frame["dataset"].iloc[0])
+    key = digest("demo", demo_clips, demo, source_digest(*DEMO_CODE))
+    folder = demo_videos.with_options(result_storage=results_dir(out))(
+        key, demo_clips, demo, out / "demo" / short(key))
+    return build_folder_manifest(folder, dataset="demo", split_file=folder / LABELS_FILE).frame, "demo"
+
+
+def _summary(outcome: FeatureSetOutcome, extract: ExtractConfig) -> str:
+    weights = {name: getattr(extract, name) or "published" for name in ("audio_weights", "visual_weights")}
+    random_note = " **Random extractor weights: these features say nothing about real performance.**" \
+        if "random" in weights.values() else ""
+    kinds = "\n".join(f"| {kind} | {n} |" for kind, n in sorted(outcome.failures_by_kind.items())) or "| (none) | 0 |"
+    return (f"## Feature set\n\n`{outcome.shards}`\n\nExtractors: VGGish ({weights['audio_weights']} weights), "
+            f"{extract.visual_model} ({weights['visual_weights']} weights).{random_note}\n\n"
+            f"| clips | count |\n|---|---|\n| asked for | {outcome.asked} |\n| obtained | {outcome.obtained} |\n"
+            f"| extracted | {outcome.extracted} |\n| failed | {outcome.asked - outcome.extracted} |\n\n"
+            f"| failure kind | records |\n|---|---|\n{kinds}\n")
+
+
+@flow(name="build-features", log_prints=True)
+def build_features(
+    manifest: Path | None = None,
+    demo_clips: int = 120,
+    demo: DemoConfig = DemoConfig(),
+    out: Path = DEFAULT_OUT,
+    clips_per_shard: int = 16,
+    acquire_config: AcquireConfig = AcquireConfig(),
+    segment: SegmentConfig = SegmentConfig(),
+    extract: ExtractConfig = ExtractConfig(),
+) -> FeatureSetOutcome:
+    """Build a feature set from ``manifest`` (or ``demo_clips`` generated demo videos) under ``out``.
+
+    Args:
+        manifest: a manifest Parquet file (``pipeline.manifest``); None builds the demo videos.
+        demo_clips: number of demo clips when ``manifest`` is None; ``demo`` shapes them.
+        out: output root: ``features/<key>/`` (shards, failures, summary), ``media/``, ``demo/``.
+        clips_per_shard: manifest rows per task and per shard.
+        acquire_config: where sources are read from; its ``cache_dir`` is replaced by ``out/media/<key>``.
+        segment, extract: segmentation and extraction settings (weights: a path, None = published, "random").
+    """
+    out = Path(out).resolve()
+    frame, dataset = _manifest(manifest, demo, demo_clips, out)
+    set_key = digest("features", frame_digest(frame), clips_per_shard, segment, extract_cache_config(extract),
+                     source_digest(*EXTRACT_CODE))
+    root = out / "features" / short(set_key)
+    write_manifest(frame, root / "manifest.parquet")
+    acquire_code, storage = source_digest(*ACQUIRE_CODE), results_dir(out)
+    acquire_task = acquire_shard.with_options(result_storage=storage)
+    extract_task = extract_shard.with_options(result_storage=storage)
+    acquire_settings = replace(acquire_config, cache_dir=Path("."))  # the cache dir is an output, not an input
+
+    futures = []
+    for index, start in enumerate(range(0, len(frame), clips_per_shard)):
+        rows = frame.iloc[start:start + clips_per_shard].reset_index(drop=True)
+        rows_key = frame_digest(rows)
+        acquire_key = digest("acquire", rows_key, acquire_settings, acquire_code)
+        availability = acquire_task.submit(AcquireJob(
+            key=acquire_key, index=index, rows=rows,
+            config=replace(acquire_config, cache_dir=out / "media" / short(acquire_key)),
+            lock=out / "locks" / f"acquire-{short(acquire_key)}.lock"))
+        name = f"shard-{index:05d}"
+        futures.append(extract_task.submit(ExtractJob(
+            key=digest("extract", set_key, rows_key), index=index, rows=rows, segment=segment, extract=extract,
+            shard=root / "shards" / f"{name}.parquet", failures=root / "failures" / f"{name}.parquet",
+            work=root / "work" / name, lock=out / "locks" / f"{short(set_key)}-{name}.lock", dataset=dataset,
+        ), availability))
+
+    progress = create_progress_artifact(0.0, key="build-features-progress", description="shards finished")
+    for done, future in enumerate(as_completed(futures), start=1):
+        update_progress_artifact(progress, 100.0 * done / len(futures))
+    outcomes = sorted((f.result() for f in futures), key=lambda o: o.index)
+    failures = [f for o in outcomes for f in o.failures]
+    write_failures(root / "failures.parquet", failures)
+    failed_acquire = {f.clip_id for f in failures if f.stage == "acquire"}
+    outcome = FeatureSetOutcome(
+        shards=root / "shards", asked=len(frame), obtained=len(frame) - len(failed_acquire),
+        extracted=sum(o.extracted for o in outcomes), failures_by_kind=dict(Counter(f.kind for f in failures)),
+        shard_states=dict(Counter(f.state.name for f in futures)), reused_on_disk=sum(o.reused for o in outcomes))
+    summary = _summary(outcome, extract)
+    (root / "summary.md").write_text(summary)
+    create_table_artifact(failures_frame(failures).to_dict("records"), key="build-features-failures",
+                          description=f"{len(failures)} failure records ({root / 'failures.parquet'})")
+    create_markdown_artifact(summary, key="build-features-summary", description="clips asked, obtained, extracted, failed")
+    link_dir(outcome.shards, key="build-features-shards", text=f"feature shards ({outcome.extracted} clips)")
+    print(f"{outcome.extracted}/{outcome.asked} clips extracted into {outcome.shards}; "
+          f"shard tasks {outcome.shard_states}, reused from disk {outcome.reused_on_disk}")
+    return outcome
+
+
+def weights_config(args: argparse.Namespace) -> ExtractConfig:
+    """The extraction config of the command-line flags."""
+    both = "random" if args.weights == "random" else None
+    return ExtractConfig(visual_model=args.visual_model, audio_weights=args.audio_weights or both,
+                         visual_weights=args.visual_weights or both, device=args.device)
+
+
+def main(argv: list[str] | None = None) -> FeatureSetOutcome:
+    parser = argparse.ArgumentParser(prog="python -m flows.build_features", description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--manifest", type=Path, help="manifest Parquet file (default: the demo videos)")
+    source.add_argument("--demo-clips", type=int, default=120, help="demo clips to generate when no manifest is given")
+    parser.add_argument("--demo-seconds", type=float, default=DemoConfig.seconds, help="length of each demo clip")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output root")
+    parser.add_argument("--clips-per-shard", type=int, default=16)
+    parser.add_argument("--weights", choices=("published", "random"), default="published",
+                        help="extractor weights: the published files (torch hub cache) or random (flagged as such)")
+    parser.add_argument("--audio-weights", help="VGGish weights file (overrides --weights)")
+    parser.add_argument("--visual-weights", help="visual model weights file (overrides --weights)")
+    parser.add_argument("--visual-model", default=ExtractConfig.visual_model, help="resnet50, resnet152, vit_b16, vit_s16")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--root", type=Path, help="folder that relative file sources are relative to")
+    parser.add_argument("--archive", type=Path, help="zip or folder holding archive sources")
+    add_runner_arguments(parser)
+    args = parser.parse_args(argv)
+    run = build_features.with_options(task_runner=runner_from_arguments(args))
+    return run(manifest=args.manifest, demo_clips=args.demo_clips, demo=DemoConfig(seconds=args.demo_seconds),
+               out=args.out, clips_per_shard=args.clips_per_shard,
+               acquire_config=AcquireConfig(root=args.root, archive=args.archive), extract=weights_config(args))
+
+
+if __name__ == "__main__":
+    main()

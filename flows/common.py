@@ -1,0 +1,161 @@
+"""Prefect plumbing shared by the flows: content hashes, cache keys, result storage, artifacts.
+
+A task's cache key is a hash of what decides its output (its input rows or input files'
+bytes, its config, and the source of the modules that compute it), never of path strings.
+The same hash names the output directory, so a finished stage is also found on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import importlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pandas as pd
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.cache_policies import CacheKeyFnPolicy, CachePolicy
+from prefect.context import TaskRunContext
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+KEY_LENGTH = 16  # hex characters of a sha256 used in directory names
+RESULTS_DIR = ".prefect-results"  # per-output-root Prefect result and cache records
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON-ready data: dataclasses and pydantic models become dicts, paths strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if hasattr(value, "model_dump"):
+        return _plain(value.model_dump())
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return value.item()
+    return value
+
+
+def digest(*parts: Any) -> str:
+    """sha256 (hex) of ``parts`` as canonical JSON; dataclasses, models, paths and numpy scalars allowed."""
+    text = json.dumps([_plain(p) for p in parts], sort_keys=True, default=str, allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def frame_digest(frame: pd.DataFrame) -> str:
+    """sha256 of a frame's rows (column names, order and values); NaN hashes as null."""
+    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    return digest(list(frame.columns), records)
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def files_digest(paths: Iterable[str | os.PathLike[str]]) -> str:
+    """sha256 over the bytes of ``paths`` (in the given order), e.g. every shard of a feature set."""
+    return digest([file_digest(p) for p in paths])
+
+
+def _source_files(module: ModuleType) -> list[Path]:
+    origin = Path(module.__file__ or "")
+    if origin.name == "__init__.py":  # a package: every module in it
+        return sorted(origin.parent.rglob("*.py"))
+    return [origin]
+
+
+def source_digest(*modules: str) -> str:
+    """sha256 of the source of the named modules (a package counts every ``.py`` under it).
+
+    This is the "code version that matters" in a cache key: editing any of those files
+    invalidates the cache, editing anything else does not.
+    """
+    sha = hashlib.sha256()
+    for name in sorted(modules):
+        for path in _source_files(importlib.import_module(name)):
+            sha.update(str(path.name).encode())
+            sha.update(path.read_bytes())
+    return sha.hexdigest()
+
+
+def short(key: str) -> str:
+    """The first :data:`KEY_LENGTH` hex characters of ``key``, for directory names."""
+    return key[:KEY_LENGTH]
+
+
+def key_of(parameter: str) -> CachePolicy:
+    """A cache policy whose key is the task's ``parameter``: a key string, or a job with a ``key``."""
+
+    def cache_key(_: TaskRunContext, inputs: dict[str, Any]) -> str:
+        value = inputs[parameter]
+        return value if isinstance(value, str) else value.key
+
+    return CacheKeyFnPolicy(cache_key_fn=cache_key)
+
+
+def results_dir(out_root: str | os.PathLike[str]) -> Path:
+    """Where Prefect keeps result and cache records for outputs under ``out_root``.
+
+    Keeping them beside the outputs means deleting the outputs also forgets the cache, so
+    a cached task never points at a file that is gone.
+    """
+    return Path(out_root).resolve() / RESULTS_DIR
+
+
+def link_files(paths: Iterable[Path], *, key: str, title: str) -> None:
+    """One Markdown artifact listing ``paths`` as ``file://`` links (plots, tables, logs)."""
+    lines = [f"## {title}", ""]
+    lines += [f"- [{p.name}]({p.resolve().as_uri()})" for p in paths]
+    create_markdown_artifact(markdown="\n".join(lines), key=key, description=title)
+
+
+def link_dir(path: Path, *, key: str, text: str) -> None:
+    """A link artifact to a local directory (a run or a feature set)."""
+    create_link_artifact(link=path.resolve().as_uri(), link_text=text, key=key, description=text)
+
+
+def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--task-runner thread|dask``, ``--dask-address`` and ``--dask-workers`` flags."""
+    parser.add_argument("--task-runner", choices=("thread", "dask"), default="thread",
+                        help="where tasks run: threads of this process, or a Dask cluster")
+    parser.add_argument("--dask-address", help="scheduler address (tcp://host:8786); default: a local cluster")
+    parser.add_argument("--dask-workers", type=int, default=2, help="workers of the local Dask cluster")
+    parser.add_argument("--threads", type=int, default=2, help="task threads of the thread runner")
+
+
+def task_runner(kind: str = "thread", *, address: str | None = None, workers: int = 2,
+                threads: int = 2) -> TaskRunner:
+    """A task runner: Prefect's thread pool, or prefect-dask's ``DaskTaskRunner``.
+
+    Dask runs on the scheduler at ``address``, or on a local cluster of ``workers``
+    single-threaded worker processes.
+    """
+    if kind == "thread":
+        return ThreadPoolTaskRunner(max_workers=threads)
+    if kind != "dask":
+        raise ValueError(f"task runner must be 'thread' or 'dask', got {kind!r}")
+    from prefect_dask import DaskTaskRunner  # imported only when asked for
+
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None})
+
+
+def runner_from_arguments(args: argparse.Namespace) -> TaskRunner:
+    """The task runner named by :func:`add_runner_arguments`' flags."""
+    return task_runner(args.task_runner, address=args.dask_address, workers=args.dask_workers, threads=args.threads)

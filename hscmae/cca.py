@@ -1,0 +1,96 @@
+"""Linear CCA in closed form (ridge-regularised, float64).
+
+Used as the ``linear-cca`` baseline on pooled raw features and post hoc on learned embeddings:
+always fit on TRAIN embeddings, then transform any split.
+
+With centred ``X [N, Dx]``, ``Y [N, Dy]``: ``Cxx = X'X/(N-1) + r_x I`` where
+``r_x = ridge * trace(X'X/(N-1)) / Dx`` (the ridge is relative to the mean variance, so it means
+the same for 128-d and 2048-d inputs), likewise ``Cyy``; ``T = Cxx^-1/2 Cxy Cyy^-1/2 = U S V'``;
+projections ``A = Cxx^-1/2 U_k``, ``B = Cyy^-1/2 V_k``; canonical correlations ``S_k``.
+Computed through thin SVDs of the centred data, so 2048-d inputs with fewer rows stay cheap
+(nothing ``D x D`` is ever formed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+
+@dataclass
+class LinearCCA:
+    """A fitted linear CCA: ``transform_*`` maps ``[N, D]`` to ``[N, k]`` canonical variates.
+
+    Args:
+        mean_x: ``[Dx]``; mean_y: ``[Dy]`` (training means).
+        proj_x: ``[Dx, k]``; proj_y: ``[Dy, k]``.
+        correlations: ``[k]`` regularised canonical correlations, descending.
+    """
+
+    mean_x: np.ndarray
+    mean_y: np.ndarray
+    proj_x: np.ndarray
+    proj_y: np.ndarray
+    correlations: np.ndarray
+
+    def transform_x(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """``x: [N, Dx]`` -> ``[N, k]`` float64."""
+        return (_float64(x, "x") - self.mean_x) @ self.proj_x
+
+    def transform_y(self, y: np.ndarray | torch.Tensor) -> np.ndarray:
+        """``y: [N, Dy]`` -> ``[N, k]`` float64."""
+        return (_float64(y, "y") - self.mean_y) @ self.proj_y
+
+    def save(self, path: str) -> None:
+        """Write the fitted arrays as safetensors."""
+        save_file({k: np.ascontiguousarray(v) for k, v in vars(self).items()}, path)
+
+    @classmethod
+    def load(cls, path: str) -> LinearCCA:
+        return cls(**load_file(path))
+
+
+def _float64(a: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
+    out = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    if out.ndim != 2:
+        raise ValueError(f"{name}: expected [N, D], got shape {out.shape}")
+    return out.astype(np.float64, copy=False)
+
+
+def _whitening(centred: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin SVD ``centred = U S V'``: returns ``U S``, ``V`` and ``f = (S^2/(N-1) + r)^-1/2``.
+
+    The regularised covariance ``C = V diag(S^2/(N-1)) V' + r I`` then has ``C^-1/2 V = V diag(f)``.
+    """
+    u, s, vt = np.linalg.svd(centred, full_matrices=False)
+    var = s**2 / (len(centred) - 1)
+    reg = ridge * var.sum() / centred.shape[1]
+    if ridge == 0 and (len(var) < centred.shape[1] or var.min() <= 1e-12 * var.max()):
+        raise ValueError(f"covariance is singular ({len(centred)} rows for {centred.shape[1]} dims or "
+                         f"collinear columns); use ridge > 0")
+    return u * s, vt.T, 1.0 / np.sqrt(var + reg)
+
+
+def fit_cca(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, *, k: int, ridge: float = 1e-3) -> LinearCCA:
+    """Fit linear CCA on paired training data ``x: [N, Dx]``, ``y: [N, Dy]`` keeping ``k`` dims.
+
+    ``ridge >= 0`` is relative to each side's mean variance; ``ridge=0`` is plain CCA and needs
+    full-rank covariances (``N > D``).
+    """
+    x, y = _float64(x, "x"), _float64(y, "y")
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"x and y need the same number of rows (>= 2), got {len(x)} and {len(y)}")
+    if not 1 <= k <= min(x.shape[1], y.shape[1], len(x)):
+        raise ValueError(f"k={k} must be in [1, min(Dx, Dy, N)={min(x.shape[1], y.shape[1], len(x))}]")
+    if ridge < 0:
+        raise ValueError(f"ridge must be >= 0, got {ridge}")
+    mean_x, mean_y = x.mean(axis=0), y.mean(axis=0)
+    # T = Cxx^-1/2 Cxy Cyy^-1/2 = Vx M Vy' with the small M below; only the data's span matters
+    usx, vx, fx = _whitening(x - mean_x, ridge)
+    usy, vy, fy = _whitening(y - mean_y, ridge)
+    p, s, qt = np.linalg.svd(fx[:, None] * (usx.T @ usy) * fy[None, :] / (len(x) - 1))
+    return LinearCCA(mean_x=mean_x, mean_y=mean_y, proj_x=vx @ (fx[:, None] * p[:, :k]),
+                     proj_y=vy @ (fy[:, None] * qt[:k].T), correlations=s[:k].copy())

@@ -1,0 +1,157 @@
+"""Typed configs for HSC-MAE and its baselines; every default lives here.
+
+A :class:`MethodConfig` names one method of the results table. ``kind="trainable"`` methods are
+trained by :func:`hscmae.train.fit`; ``kind="closed_form"`` ones (linear CCA) are solved elsewhere.
+Configs round-trip through plain dicts (``to_dict`` / ``from_dict``) for JSON files and flow parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+LOSS_TERMS = ("global", "local", "recon", "distill")
+MASK_MODES = ("element", "time")
+RECON_TARGETS = ("masked", "full")
+KINDS = ("trainable", "closed_form")
+
+
+@dataclass
+class ModelConfig:
+    """Per-modality MLP encoders ``D -> hidden -> latent`` and decoders ``latent -> hidden -> D``."""
+
+    hidden: int = 256
+    latent: int = 64
+    dropout: float = 0.1
+
+
+@dataclass
+class LossConfig:
+    """Which alignment levels are on, and their settings.
+
+    ``cca_k=None`` sums all ``latent`` canonical correlations. ``topk=0`` makes the local loss plain
+    symmetric InfoNCE (own pair only, no teacher). ``mask_ratio=0`` feeds the student clean inputs.
+    """
+
+    use_global: bool = True
+    use_local: bool = True
+    use_recon: bool = True
+    use_distill: bool = False
+    cca_k: int | None = None
+    cca_ridge: float = 1e-3
+    topk: int = 5
+    teacher_temperature: float = 0.05
+    nce_temperature: float = 0.07
+    self_weight: float = 1.0
+    mask_ratio: float = 0.3
+    mask_mode: str = "element"
+    recon_target: str = "masked"
+    learn_weights: bool = True
+    weight_warmup_epochs: int = 3
+
+    def __post_init__(self) -> None:
+        if self.mask_mode not in MASK_MODES:
+            raise ValueError(f"mask_mode {self.mask_mode!r} is not one of {MASK_MODES}")
+        if self.recon_target not in RECON_TARGETS:
+            raise ValueError(f"recon_target {self.recon_target!r} is not one of {RECON_TARGETS}")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.topk < 0 or self.self_weight < 0 or (self.topk == 0 and self.self_weight == 0):
+            raise ValueError(f"local loss needs topk >= 0, self_weight >= 0 and one of them > 0 "
+                             f"(topk={self.topk}, self_weight={self.self_weight})")
+        if self.use_recon and self.mask_ratio == 0 and self.recon_target == "masked":
+            raise ValueError("recon_target 'masked' needs mask_ratio > 0 (or use recon_target 'full')")
+        if self.cca_k is not None and self.cca_k < 1:
+            raise ValueError(f"cca_k must be None (all) or >= 1, got {self.cca_k}")
+        if self.cca_ridge <= 0:
+            raise ValueError(f"cca_ridge must be > 0, got {self.cca_ridge}")
+
+    @property
+    def active(self) -> tuple[str, ...]:
+        """Names of the loss terms that are switched on, in :data:`LOSS_TERMS` order."""
+        flags = (self.use_global, self.use_local, self.use_recon, self.use_distill)
+        return tuple(name for name, on in zip(LOSS_TERMS, flags) if on)
+
+    @property
+    def needs_teacher(self) -> bool:
+        """The EMA teacher is built only when soft positives or distillation use it."""
+        return (self.use_local and self.topk > 0) or self.use_distill
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser, schedule and EMA settings. ``device="auto"`` picks CUDA when available."""
+
+    lr: float = 3e-4
+    weights_lr: float = 1e-2  # learning rate of the uncertainty log-variances (no weight decay)
+    weight_decay: float = 1e-4
+    batch_size: int = 512
+    epochs: int = 30
+    warmup_epochs: int = 2
+    grad_clip: float = 1.0
+    ema_start: float = 0.95
+    ema_end: float = 0.999
+    device: str = "auto"
+
+
+@dataclass
+class MethodConfig:
+    """One method of the results table."""
+
+    name: str
+    kind: str = "trainable"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"method {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
+        if self.kind == "trainable" and not self.loss.active:
+            raise ValueError(f"method {self.name!r}: no loss term is switched on")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MethodConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
+        parts = {"model": ModelConfig, "loss": LossConfig, "train": TrainConfig}
+        top = _checked(cls, data, "method")
+        for key, sub in parts.items():
+            if key in top:
+                top[key] = sub(**_checked(sub, top[key], key))
+        return cls(**top)
+
+
+def _checked(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where} config: unknown keys {unknown} (known: {sorted(names)})")
+    return dict(data)
+
+
+def _variant(base: MethodConfig, name: str, **loss_changes: Any) -> MethodConfig:
+    return dataclasses.replace(base, name=name, loss=dataclasses.replace(base.loss, **loss_changes))
+
+
+def methods() -> dict[str, MethodConfig]:
+    """HSC-MAE, its one-flag ablations, and the baselines, by name."""
+    base = MethodConfig(name="hscmae")
+    own_pair_only = dict(topk=0, self_weight=1.0, learn_weights=False)
+    variants = [
+        base,
+        _variant(base, "hscmae-no-global", use_global=False),
+        _variant(base, "hscmae-no-local", use_local=False),
+        _variant(base, "hscmae-no-recon", use_recon=False),
+        _variant(base, "hscmae-fixed-weights", learn_weights=False),
+        _variant(base, "hscmae+distill", use_distill=True),
+        _variant(base, "dcca", use_local=False, use_recon=False, mask_ratio=0.0, learn_weights=False),
+        _variant(base, "clip", use_global=False, use_recon=False, mask_ratio=0.0, **own_pair_only),
+        _variant(base, "cav-mae", use_global=False, **own_pair_only),
+        dataclasses.replace(base, name="linear-cca", kind="closed_form"),
+    ]
+    return {m.name: m for m in variants}

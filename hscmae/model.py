@@ -1,0 +1,130 @@
+"""HSC-MAE student: per-modality MLP encoders and decoders over pooled clip features, and masking.
+
+Inputs are per-clip vectors pooled over seconds, standardised with training-set statistics held in
+buffers (so a saved model embeds raw features on its own). Masking makes the student's view:
+
+- ``"element"`` (default): in each clip's standardised vector, ``round(ratio * D)`` entries chosen at
+  random are set to 0 (the training mean). The *masked entries* are exactly those entries.
+- ``"time"``: ``round(ratio * T_i)`` of a clip's valid seconds (at most ``T_i - 1``) are left out of
+  its pooled mean. Dropping seconds changes every entry of the pooled vector, so here the *masked
+  entries* are all ``D`` entries of each clip that lost at least one second (clips with one second
+  lose none and do not count in the masked reconstruction loss).
+
+The decoders reconstruct the clean standardised vector from the latent of the masked view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from hscmae.config import ModelConfig
+from pipeline.shards import MODALITIES
+
+
+def mlp(*, d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
+    """``Linear -> LayerNorm -> GELU -> Dropout -> Linear``: ``[B, d_in] -> [B, d_out]``."""
+    return nn.Sequential(
+        nn.Linear(d_in, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_out),
+    )
+
+
+@dataclass
+class StudentOutput:
+    """``latent[m]: [B, L]`` from the student's view; ``recon[m]: [B, D_m]`` standardised reconstruction."""
+
+    latent: dict[str, Tensor]
+    recon: dict[str, Tensor]
+
+
+class HSCMAE(nn.Module):
+    """Student masked autoencoder over pooled audio and visual features.
+
+    Args:
+        in_dims: feature size per modality, e.g. ``{"audio": 128, "visual": 2048}``.
+        config: hidden and latent sizes, dropout.
+    """
+
+    def __init__(self, *, in_dims: Mapping[str, int], config: ModelConfig) -> None:
+        super().__init__()
+        self.in_dims = {m: int(in_dims[m]) for m in MODALITIES}
+        self.config = config
+        self.encoders = nn.ModuleDict({
+            m: mlp(d_in=d, hidden=config.hidden, d_out=config.latent, dropout=config.dropout)
+            for m, d in self.in_dims.items()
+        })
+        self.decoders = nn.ModuleDict({
+            m: mlp(d_in=config.latent, hidden=config.hidden, d_out=d, dropout=config.dropout)
+            for m, d in self.in_dims.items()
+        })
+        for m, d in self.in_dims.items():
+            self.register_buffer(f"{m}_mean", torch.zeros(d))
+            self.register_buffer(f"{m}_std", torch.ones(d))
+
+    def set_input_stats(self, pooled: Mapping[str, np.ndarray]) -> None:
+        """Store per-dimension mean and std of training features ``pooled[m]: [N, D]``.
+
+        Constant dimensions get std 1 (they standardise to 0 instead of dividing by zero).
+        """
+        for m in MODALITIES:
+            x = np.asarray(pooled[m], dtype=np.float64)
+            std = x.std(axis=0)
+            std[std < 1e-8] = 1.0
+            getattr(self, f"{m}_mean").copy_(torch.from_numpy(x.mean(axis=0)))
+            getattr(self, f"{m}_std").copy_(torch.from_numpy(std))
+
+    def standardize(self, raw: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Raw pooled features ``[B, D]`` -> standardised ``[B, D]``."""
+        return {m: (raw[m] - getattr(self, f"{m}_mean")) / getattr(self, f"{m}_std") for m in MODALITIES}
+
+    def forward_encoder(self, x: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Standardised ``x[m]: [B, D]`` -> latents ``[B, L]``."""
+        return {m: self.encoders[m](x[m]) for m in MODALITIES}
+
+    def forward_decoder(self, z: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Latents ``z[m]: [B, L]`` -> standardised reconstructions ``[B, D]``."""
+        return {m: self.decoders[m](z[m]) for m in MODALITIES}
+
+    def forward(self, x: Mapping[str, Tensor]) -> StudentOutput:
+        """Encode the (masked) standardised view and reconstruct it."""
+        latent = self.forward_encoder(x)
+        return StudentOutput(latent=latent, recon=self.forward_decoder(latent))
+
+    def embed(self, raw: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Raw pooled clean features ``[B, D]`` -> latents ``[B, L]``."""
+        return self.forward_encoder(self.standardize(raw))
+
+
+def mask_elements(x: Tensor, *, ratio: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Zero ``round(ratio * D)`` random entries per row of ``x: [B, D]``.
+
+    Returns the masked view ``[B, D]`` and the mask ``[B, D]`` (True = masked). Noise is drawn on the
+    CPU from ``generator`` so runs repeat exactly on any device.
+    """
+    count = round(ratio * x.shape[1])
+    noise = torch.rand(x.shape, generator=generator).to(x.device)
+    mask = noise.argsort(dim=1).argsort(dim=1) < count
+    return x.masked_fill(mask, 0.0), mask
+
+
+def mask_seconds(seq: Tensor, valid: Tensor, *, ratio: float,
+                 generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Leave ``round(ratio * T_i)`` (at most ``T_i - 1``) random valid seconds out of each clip's mean.
+
+    Args:
+        seq: ``[B, T, D]`` raw features; valid: ``[B, T]`` bool.
+    Returns:
+        pooled raw mean of the kept seconds ``[B, D]``, and ``[B]`` bool: True where a second was left out.
+    """
+    n_valid = valid.sum(dim=1)
+    count = torch.minimum(torch.round(ratio * n_valid), n_valid - 1)
+    noise = torch.rand(valid.shape, generator=generator).to(seq.device).masked_fill(~valid, float("inf"))
+    rank = noise.argsort(dim=1).argsort(dim=1)
+    keep = valid & (rank >= count.unsqueeze(1))
+    weights = keep.to(seq.dtype)
+    pooled = torch.einsum("btd,bt->bd", seq, weights) / weights.sum(dim=1, keepdim=True)
+    return pooled, count > 0

@@ -1,0 +1,96 @@
+"""Acquisition from local files, folders and zip archives, and the availability table."""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.acquire import (
+    AVAILABILITY_FILE, AcquireConfig, acquire, availability_failures, available_sources, safe_member,
+    write_availability,
+)
+
+
+def _rows(sources: list[tuple[str, str, str]]) -> pd.DataFrame:
+    """Manifest-shaped rows from (clip_id, source_kind, source)."""
+    return pd.DataFrame({
+        "clip_id": [c for c, _, _ in sources], "source_kind": [k for _, k, _ in sources],
+        "source": [s for _, _, s in sources], "clip_start_s": 0.0, "clip_end_s": math.nan,
+    })
+
+
+@pytest.fixture()
+def ave_like(tmp_path: Path, demo_dir: Path, demo_labels: pd.DataFrame) -> tuple[Path, Path, list[str]]:
+    """An AVE-shaped archive: ``AVE_Dataset/AVE/<id>.mp4`` as a zip and as an unpacked folder."""
+    ids = ["vidA", "vidB", "vidC"]
+    folder = tmp_path / "unpacked"
+    (folder / "AVE_Dataset" / "AVE").mkdir(parents=True)
+    with zipfile.ZipFile(tmp_path / "AVE_Dataset.zip", "w") as bundle:
+        for vid, rel in zip(ids, demo_labels["path"]):
+            data = (demo_dir / rel).read_bytes()
+            bundle.writestr(f"AVE_Dataset/AVE/{vid}.mp4", data)
+            (folder / "AVE_Dataset" / "AVE" / f"{vid}.mp4").write_bytes(data)
+    return tmp_path / "AVE_Dataset.zip", folder, ids
+
+
+def test_zip_extracts_only_needed_members(tmp_path: Path, ave_like: tuple[Path, Path, list[str]]) -> None:
+    archive, _, ids = ave_like
+    manifest = _rows([("a1", "archive", "AVE_Dataset/AVE/vidA.mp4"), ("a2", "archive", "AVE_Dataset/AVE/vidA.mp4"),
+                      ("b", "archive", "AVE_Dataset/AVE/vidB.mp4"), ("x", "archive", "AVE_Dataset/AVE/nope.mp4")])
+    cache = tmp_path / "cache"
+    table = acquire(manifest, AcquireConfig(cache_dir=cache, archive=archive))
+    assert list(table["clip_id"]) == ["a1", "a2", "b", "x"]
+    assert list(table["outcome"]) == ["present", "present", "present", "missing"]
+    extracted = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*.mp4"))
+    assert extracted == ["AVE_Dataset/AVE_Dataset/AVE/vidA.mp4", "AVE_Dataset/AVE_Dataset/AVE/vidB.mp4"]  # not vidC
+    with zipfile.ZipFile(archive) as bundle:
+        assert Path(table["path"][2]).read_bytes() == bundle.read("AVE_Dataset/AVE/vidB.mp4")
+    paths, offsets = available_sources(table)
+    assert set(paths) == {"a1", "a2", "b"} and offsets == {"a1": 0.0, "a2": 0.0, "b": 0.0}
+    [failure] = availability_failures(table)
+    assert (failure.clip_id, failure.stage, failure.kind) == ("x", "acquire", "missing")
+    assert "nope.mp4" in failure.message
+    saved = pd.read_parquet(cache / AVAILABILITY_FILE)
+    pd.testing.assert_frame_equal(saved, table)
+    stamp = Path(table["path"][0]).stat().st_mtime_ns
+    acquire(manifest, AcquireConfig(cache_dir=cache, archive=archive))
+    assert Path(table["path"][0]).stat().st_mtime_ns == stamp  # not extracted twice
+
+
+def test_folder_archive_is_read_in_place(tmp_path: Path, ave_like: tuple[Path, Path, list[str]]) -> None:
+    _, folder, _ = ave_like
+    manifest = _rows([("c", "archive", "AVE_Dataset/AVE/vidC.mp4"), ("d", "archive", "AVE_Dataset/AVE/vidD.mp4")])
+    table = acquire(manifest, AcquireConfig(cache_dir=tmp_path / "cache", archive=folder))
+    assert table["path"][0] == str(folder / "AVE_Dataset/AVE/vidC.mp4")
+    assert list(table["outcome"]) == ["present", "missing"]
+    assert not list((tmp_path / "cache").rglob("*.mp4"))  # nothing copied
+
+
+def test_file_sources_absolute_and_relative(tmp_path: Path, demo_dir: Path, demo_labels: pd.DataFrame) -> None:
+    rel = demo_labels["path"][0]
+    manifest = _rows([("abs", "file", str(demo_dir / rel)), ("rel", "file", rel), ("no", "file", "drum/none.mp4")])
+    table = acquire(manifest, AcquireConfig(cache_dir=tmp_path, root=demo_dir))
+    assert list(table["outcome"]) == ["present", "present", "missing"]
+    assert table["path"][1] == str(demo_dir / rel)
+
+
+def test_archive_without_config_is_missing(tmp_path: Path) -> None:
+    table = acquire(_rows([("a", "archive", "x/y.mp4")]), AcquireConfig(cache_dir=tmp_path))
+    assert table["outcome"][0] == "missing" and "AcquireConfig.archive" in table["message"][0]
+
+
+@pytest.mark.parametrize("member", ["../evil.mp4", "/etc/passwd", "a/../../b.mp4", "C:\\x.mp4", "..\\x.mp4", ""])
+def test_unsafe_members_are_rejected(tmp_path: Path, member: str) -> None:
+    with pytest.raises(ValueError, match="must be a relative path"):
+        safe_member(member, "manifest row 'k'")
+    with pytest.raises(ValueError, match="manifest row 'k'"):
+        acquire(_rows([("k", "archive", member or "..")]), AcquireConfig(cache_dir=tmp_path, archive=tmp_path))
+
+
+def test_write_availability_csv(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"clip_id": ["a"], "outcome": ["present"]})
+    pd.testing.assert_frame_equal(pd.read_csv(write_availability(frame, tmp_path / "t.csv")), frame)

@@ -1,0 +1,90 @@
+"""Linear CCA against the Björck–Golub QR computation and scikit-learn's iterative CCA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.cross_decomposition import CCA
+
+from hscmae.cca import LinearCCA, fit_cca
+
+
+def paired(seed: int, n: int = 600, dx: int = 8, dy: int = 6, shared: int = 3):
+    """Two views sharing ``shared`` latent factors through different random mixings, plus noise."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, shared))
+    x = z @ rng.normal(size=(shared, dx)) + rng.normal(size=(n, dx)) + 5.0
+    y = z @ rng.normal(size=(shared, dy)) + 2.0 * rng.normal(size=(n, dy)) - 3.0
+    return x, y
+
+
+def bjorck_golub(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Canonical correlations: singular values of ``Qx' Qy`` from QR of the centred data."""
+    qx, _ = np.linalg.qr(x - x.mean(axis=0))
+    qy, _ = np.linalg.qr(y - y.mean(axis=0))
+    return np.linalg.svd(qx.T @ qy, compute_uv=False)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_correlations_equal_bjorck_golub(seed):
+    x, y = paired(seed)
+    cca = fit_cca(x, y, k=6, ridge=0.0)
+    np.testing.assert_allclose(cca.correlations, bjorck_golub(x, y), atol=1e-10)
+
+
+def test_variates_are_whitened_and_paired_by_correlation():
+    x, y = paired(2)
+    cca = fit_cca(x, y, k=4, ridge=0.0)
+    u, v = cca.transform_x(x), cca.transform_y(y)
+    np.testing.assert_allclose(np.cov(u, rowvar=False), np.eye(4), atol=1e-9)
+    np.testing.assert_allclose(np.cov(v, rowvar=False), np.eye(4), atol=1e-9)
+    np.testing.assert_allclose(np.cov(u.T, v.T)[:4, 4:], np.diag(cca.correlations), atol=1e-9)
+
+
+def test_first_component_matches_sklearn():
+    x, y = paired(3)
+    ours = fit_cca(x, y, k=1, ridge=0.0)
+    u_sk, v_sk = CCA(n_components=1, max_iter=5000, tol=1e-12).fit(x, y).transform(x, y)
+    sk_corr = np.corrcoef(u_sk[:, 0], v_sk[:, 0])[0, 1]
+    assert ours.correlations[0] == pytest.approx(sk_corr, abs=1e-6)
+    # same direction up to sign
+    assert abs(np.corrcoef(ours.transform_x(x)[:, 0], u_sk[:, 0])[0, 1]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_ridge_shrinks_correlations_and_handles_wide_data():
+    x, y = paired(4)
+    assert np.all(fit_cca(x, y, k=3, ridge=0.1).correlations < fit_cca(x, y, k=3, ridge=0.0).correlations)
+    rng = np.random.default_rng(4)
+    wide_x, wide_y = rng.normal(size=(50, 80)), rng.normal(size=(50, 70))
+    with pytest.raises(ValueError, match="singular"):
+        fit_cca(wide_x, wide_y, k=5, ridge=0.0)
+    wide = fit_cca(wide_x, wide_y, k=5, ridge=1e-2)
+    assert np.all(wide.correlations < 1.0) and np.all(np.diff(wide.correlations) <= 1e-12)
+
+
+def test_transform_applies_training_statistics_to_new_data():
+    x, y = paired(5)
+    cca = fit_cca(x[:400], y[:400], k=2, ridge=0.0)
+    np.testing.assert_allclose(cca.transform_x(x[400:]), (x[400:] - x[:400].mean(axis=0)) @ cca.proj_x)
+    # the shared factors carry over: held-out variates stay strongly correlated
+    u, v = cca.transform_x(x[400:]), cca.transform_y(y[400:])
+    assert np.corrcoef(u[:, 0], v[:, 0])[0, 1] > 0.8 * cca.correlations[0]
+
+
+def test_torch_input_save_and_load(tmp_path):
+    x, y = paired(6)
+    cca = fit_cca(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32), k=3)
+    path = tmp_path / "cca.safetensors"
+    cca.save(str(path))
+    loaded = LinearCCA.load(str(path))
+    np.testing.assert_array_equal(loaded.transform_y(y), cca.transform_y(y))
+    np.testing.assert_allclose(cca.correlations, fit_cca(x, y, k=3).correlations, atol=1e-5)
+
+
+def test_bad_arguments():
+    x, y = paired(7)
+    with pytest.raises(ValueError, match="k=7"):
+        fit_cca(x, y, k=7)
+    with pytest.raises(ValueError, match="same number of rows"):
+        fit_cca(x, y[:-1], k=2)
