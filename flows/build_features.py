@@ -41,7 +41,7 @@ from flows.common import (add_runner_arguments, digest, file_digest, frame_diges
 from pipeline.acquire import AcquireConfig, acquire, availability_failures, available_sources
 from pipeline.demo import LABELS_FILE, DemoConfig, write_demo
 from pipeline.failures import Failure, failures_frame, read_failures, write_failures
-from pipeline.folder import build_folder_manifest
+from pipeline.folder import SplitConfig, build_folder_manifest
 from pipeline.manifest import read_manifest, write_manifest
 from pipeline.media import SegmentConfig, segment_clip
 from pipeline.youtube import TRANSIENT
@@ -204,7 +204,10 @@ def _manifest(manifest: Path | None, demo: DemoConfig, demo_clips: int, out: Pat
     key = digest("demo", demo_clips, demo, source_digest(*DEMO_CODE))
     folder = demo_videos.with_options(result_storage=results_dir(out))(
         key, demo_clips, demo, out / "demo" / short(key))
-    return build_folder_manifest(folder, dataset="demo", split_file=folder / LABELS_FILE).frame, "demo"
+    # the demo's own splits, with no val carved here: small demo sets have too few train clips per class
+    built = build_folder_manifest(folder, dataset="demo", split_file=folder / LABELS_FILE,
+                                  splitting=SplitConfig(val_fraction=0.0))
+    return built.frame, "demo"
 
 
 def _summary(outcome: FeatureSetOutcome, extract: ExtractConfig) -> str:

@@ -61,17 +61,23 @@ def _float64(a: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
 
 
 def _whitening(centred: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Thin SVD ``centred = U S V'``: returns ``U S``, ``V`` and ``f = (S^2/(N-1) + r)^-1/2``.
+    """Thin SVD ``centred = U S V'`` (null directions dropped): returns ``U S``, ``V`` and
+    ``f = (S^2/(N-1) + r)^-1/2``.
 
     The regularised covariance ``C = V diag(S^2/(N-1)) V' + r I`` then has ``C^-1/2 V = V diag(f)``.
+    The SVD comes from the eigendecomposition of the smaller of ``X'X`` and ``XX'``.
     """
-    u, s, vt = np.linalg.svd(centred, full_matrices=False)
-    var = s**2 / (len(centred) - 1)
-    reg = ridge * var.sum() / centred.shape[1]
-    if ridge == 0 and (len(var) < centred.shape[1] or var.min() <= 1e-12 * var.max()):
-        raise ValueError(f"covariance is singular ({len(centred)} rows for {centred.shape[1]} dims or "
-                         f"collinear columns); use ridge > 0")
-    return u * s, vt.T, 1.0 / np.sqrt(var + reg)
+    n, d = centred.shape
+    wide = n < d
+    values, vectors = np.linalg.eigh(centred @ centred.T if wide else centred.T @ centred)
+    reg = ridge * values.sum() / (n - 1) / d  # ridge * mean variance
+    keep = values > 1e-12 * values[-1]
+    if ridge == 0 and (n - 1 < d or not keep.all()):
+        raise ValueError(f"covariance is singular ({n} rows for {d} dims or collinear columns); use ridge > 0")
+    values, vectors = values[keep], vectors[:, keep]
+    s = np.sqrt(values)
+    us, v = (vectors * s, centred.T @ vectors / s) if wide else (centred @ vectors, vectors)
+    return us, v, 1.0 / np.sqrt(values / (n - 1) + reg)
 
 
 def fit_cca(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, *, k: int, ridge: float = 1e-3) -> LinearCCA:

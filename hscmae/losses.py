@@ -24,25 +24,39 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _whitened_cross_covariance(h1: Tensor, h2: Tensor, *, ridge: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Cholesky factors ``L1, L2`` of the ridge covariances and ``T = L1^-1 S12 L2^-T`` (float64)."""
+    h1, h2 = h1.double(), h2.double()
+    denom = max(h1.shape[0] - 1, 1)
+    h1 = h1 - h1.mean(dim=0)
+    h2 = h2 - h2.mean(dim=0)
+    s11 = h1.T @ h1 / denom + ridge * torch.eye(h1.shape[1], dtype=h1.dtype, device=h1.device)
+    s22 = h2.T @ h2 / denom + ridge * torch.eye(h2.shape[1], dtype=h2.dtype, device=h2.device)
+    s12 = h1.T @ h2 / denom
+    # Any whitening works: T's singular values (the canonical correlations) do not depend on it.
+    l1 = torch.linalg.cholesky(s11)
+    l2 = torch.linalg.cholesky(s22)
+    left = torch.linalg.solve_triangular(l1, s12, upper=False)
+    return l1, l2, torch.linalg.solve_triangular(l2, left.T, upper=False).T
+
+
 def canonical_correlations(h1: Tensor, h2: Tensor, *, ridge: float) -> Tensor:
     """Canonical correlations of ``h1: [B, L1]`` and ``h2: [B, L2]``, descending, float64 ``[min(L1, L2)]``.
 
     Covariances are centred, divided by ``B - 1`` and get ``ridge * I`` added.
     """
-    h1, h2 = h1.double(), h2.double()
-    n = h1.shape[0]
-    h1 = h1 - h1.mean(dim=0)
-    h2 = h2 - h2.mean(dim=0)
-    denom = max(n - 1, 1)
-    s11 = h1.T @ h1 / denom + ridge * torch.eye(h1.shape[1], dtype=h1.dtype, device=h1.device)
-    s22 = h2.T @ h2 / denom + ridge * torch.eye(h2.shape[1], dtype=h2.dtype, device=h2.device)
-    s12 = h1.T @ h2 / denom
-    # Whiten with Cholesky factors: T = L1^-1 S12 L2^-T has the canonical correlations as singular values.
-    l1 = torch.linalg.cholesky(s11)
-    l2 = torch.linalg.cholesky(s22)
-    left = torch.linalg.solve_triangular(l1, s12, upper=False)
-    t = torch.linalg.solve_triangular(l2, left.T, upper=False).T
-    return torch.linalg.svdvals(t)
+    return torch.linalg.svdvals(_whitened_cross_covariance(h1, h2, ridge=ridge)[2])
+
+
+@torch.no_grad()
+def canonical_projections(h1: Tensor, h2: Tensor, *, ridge: float) -> tuple[Tensor, Tensor]:
+    """Matrices ``W1: [L1, K]``, ``W2: [L2, K]`` (``K = min(L1, L2)``, float64) mapping centred ``h1, h2``
+    to canonical variates: unit variance, pairwise correlation equal to the canonical correlations."""
+    l1, l2, t = _whitened_cross_covariance(h1, h2, ridge=ridge)
+    u, _, vh = torch.linalg.svd(t, full_matrices=False)
+    w1 = torch.linalg.solve_triangular(l1.T, u, upper=True)
+    w2 = torch.linalg.solve_triangular(l2.T, vh.T, upper=True)
+    return w1, w2
 
 
 def cca_loss(h1: Tensor, h2: Tensor, *, k: int | None, ridge: float) -> Tensor:
@@ -113,7 +127,7 @@ class UncertaintyWeights(nn.Module):
 
     def weights(self) -> dict[str, float]:
         """Current ``exp(-s_i)`` per term."""
-        return {n: float(torch.exp(-s)) for n, s in self.log_vars.items()}
+        return {n: float(torch.exp(-s.detach())) for n, s in self.log_vars.items()}
 
     def forward(self, losses: Mapping[str, Tensor], *, offsets: Mapping[str, float], learn: bool) -> Tensor:
         """Weighted total; with ``learn=False`` the plain sum (all ``s_i`` held at 0)."""

@@ -178,7 +178,7 @@ def train_one_epoch(run: _Run, data: dict[str, Tensor], *, epoch: int, step: int
             momentum = ema_momentum(step, total_steps=total_steps, start=tc.ema_start, end=tc.ema_end)
             ema_update(run.teacher, run.student.encoders, momentum)
         for name, value in {**terms, "total": total}.items():
-            sums[name] = sums.get(name, 0.0) + float(value)
+            sums[name] = sums.get(name, 0.0) + float(value.detach())
         step += 1
     return {k: v / run.steps_per_epoch for k, v in sums.items()}
 

@@ -165,6 +165,44 @@ def _subset(card: DatasetCard, classes: Sequence[str] | None) -> tuple[str, ...]
     return tuple(c for c in card.classes if c in wanted)
 
 
+def _video_anomalies(rows: Sequence[AveRow], splits: Sequence[str], keep: Sequence[int],
+                     cross_split: Policy) -> tuple[list[Anomaly], set[int]]:
+    """Videos with several events (reported) and videos in several splits (reported; rows to drop)."""
+    by_video: dict[str, list[int]] = defaultdict(list)
+    for i in keep:
+        by_video[rows[i].ytid].append(i)
+    anomalies, dropped = [], set()
+    for ytid, members in by_video.items():
+        if len(members) > 1:  # kept: the clip id includes the category
+            anomalies.append(Anomaly("shared_video", ytid, "; ".join(
+                f"{rows[i].category} ({splits[i]}, line {rows[i].line})" for i in members)))
+    for ytid, members in by_video.items():
+        used = sorted({splits[i] for i in members}, key=SPLITS.index)
+        if len(used) > 1:
+            later = [i for i in members if splits[i] != used[0]]
+            anomalies.append(Anomaly("cross_split_video", ytid, f"events in {used}: " + "; ".join(
+                f"{rows[i].category} ({splits[i]})" for i in members) + f"; policy {cross_split}: {len(later)} later-split rows"))
+            if cross_split == "drop":
+                dropped.update(later)
+    return anomalies, dropped
+
+
+def _clip_place(row: AveRow, clip_id: str, segments: dict[str, list[tuple[float, float]]] | None,
+                anomalies: list[Anomaly]) -> tuple[str, str, float, float]:
+    """``(source, source_kind, clip_start_s, clip_end_s)``: the archive clip, or its AudioSet segment when listed."""
+    if segments is not None:
+        found = segments.get(row.ytid, [])
+        if len(found) == 1:
+            start, end = found[0]
+            if row.end > end - start:
+                anomalies.append(Anomaly("short_segment", clip_id, f"segment {start:g}-{end:g} s is shorter "
+                                         f"than the event end {row.end:g} s"))
+            return row.ytid, "youtube", start, end
+        anomalies.append(Anomaly("segment_missing" if not found else "segment_ambiguous", clip_id,
+                                 f"{len(found)} AudioSet segments; kept as archive source"))
+    return f"{ARCHIVE_DIR}/{row.ytid}.mp4", "archive", 0.0, CLIP_SECONDS
+
+
 def build_ave_manifest(annotations: str | os.PathLike[str], split_files: Mapping[str, str | os.PathLike[str]], *,
                        card: DatasetCard | None = None, classes: Sequence[str] | None = None,
                        zero_length: Policy = "keep", cross_split: Policy = "keep",
@@ -180,6 +218,9 @@ def build_ave_manifest(annotations: str | os.PathLike[str], split_files: Mapping
         cross_split: keep, or drop the rows of a video already used by an earlier split (train < val < test).
         segment_lists: AudioSet segment CSVs; matched rows become ``youtube`` sources cut at their segment.
     """
+    for name, policy in (("zero_length", zero_length), ("cross_split", cross_split)):
+        if policy not in ("keep", "drop"):
+            raise ValueError(f"{name} must be 'keep' or 'drop', got {policy!r}")
     card = card or load_card("ave")
     rows = read_ave_lines(annotations, card.classes)
     splits = assign_splits(rows, split_files, card.classes)
@@ -187,51 +228,20 @@ def build_ave_manifest(annotations: str | os.PathLike[str], split_files: Mapping
     keep = [i for i, row in enumerate(rows) if row.category in chosen]
     anomalies = [Anomaly("excluded_class", "", f"{len(rows) - len(keep)} rows of classes outside the subset")] \
         if len(keep) < len(rows) else []
-
-    # Videos carrying several events (kept: the clip id includes the category).
-    by_video: dict[str, list[int]] = defaultdict(list)
-    for i in keep:
-        by_video[rows[i].ytid].append(i)
-    for ytid, members in by_video.items():
-        if len(members) > 1:
-            anomalies.append(Anomaly("shared_video", ytid, "; ".join(
-                f"{rows[i].category} ({splits[i]}, line {rows[i].line})" for i in members)))
-
-    dropped: set[int] = set()
+    video_anomalies, dropped = _video_anomalies(rows, splits, keep, cross_split)
+    anomalies += video_anomalies
     for i in keep:
         if rows[i].end == rows[i].start:
             anomalies.append(Anomaly("zero_length_event", ave_clip_id(rows[i].ytid, rows[i].category),
                                      f"line {rows[i].line}: event {rows[i].start:g}-{rows[i].end:g} s; {zero_length}"))
             if zero_length == "drop":
                 dropped.add(i)
-    for ytid, members in by_video.items():
-        used = sorted({splits[i] for i in members}, key=SPLITS.index)
-        if len(used) < 2:
-            continue
-        later = [i for i in members if splits[i] != used[0]]
-        anomalies.append(Anomaly("cross_split_video", ytid, f"events in {used}: " + "; ".join(
-            f"{rows[i].category} ({splits[i]})" for i in members) + f"; policy {cross_split}: {len(later)} later-split rows"))
-        if cross_split == "drop":
-            dropped.update(later)
-
-    segments = read_segment_lists(segment_lists)
+    segments = read_segment_lists(segment_lists) if segment_lists else None
     records = []
-    for i in keep:
-        if i in dropped:
-            continue
+    for i in (i for i in keep if i not in dropped):
         row = rows[i]
         clip_id = ave_clip_id(row.ytid, row.category)
-        source, kind, start, end = f"{ARCHIVE_DIR}/{row.ytid}.mp4", "archive", 0.0, CLIP_SECONDS
-        if segment_lists:
-            found = segments.get(row.ytid, [])
-            if len(found) == 1:
-                source, kind, (start, end) = row.ytid, "youtube", found[0]
-                if row.end > end - start:
-                    anomalies.append(Anomaly("short_segment", clip_id, f"segment {start:g}-{end:g} s is shorter "
-                                             f"than the event end {row.end:g} s"))
-            else:
-                anomalies.append(Anomaly("segment_missing" if not found else "segment_ambiguous", clip_id,
-                                         f"{len(found)} AudioSet segments; kept as archive source"))
+        source, kind, start, end = _clip_place(row, clip_id, segments, anomalies)
         records.append({
             "clip_id": clip_id, "dataset": card.name, "source": source, "source_kind": kind,
             "clip_start_s": start, "clip_end_s": end, "event_start_s": row.start, "event_end_s": row.end,

@@ -2,8 +2,8 @@
 
 PyAV decodes and resamples audio (any codec; never a stream copy). Frames are picked by
 presentation time, not by index, so variable-frame-rate files give the right pictures:
-the frame shown at time ``t`` is the last one whose timestamp is ``<= t``. decord reads
-frames when it is installed and can open the file; PyAV is the fallback.
+the frame shown at time ``t`` is the last one whose timestamp is ``<= t``. Frames are read
+with PyAV (forward decode) or decord (random access; optional, PyAV reads every file it reads).
 """
 
 from __future__ import annotations

@@ -63,12 +63,14 @@ def write_video(
     frame_times: Sequence[float] | None = None,
     audio_start_s: float = 0.0,
     crf: int = 23,
+    gop_size: int | None = None,
 ) -> Path:
     """Encode ``frames: [T, H, W, 3] uint8`` (H.264) and ``audio: [S] float32`` (AAC) into MP4.
 
     ``frame_times`` (seconds, increasing) gives each frame its own timestamp, for variable
     frame rate files; by default frame ``i`` shows at ``i / fps``. The audio starts at
-    ``audio_start_s``. Either stream may be None.
+    ``audio_start_s``. ``gop_size`` caps the frames between key frames (x264's default: 250).
+    Either stream may be None.
     The file appears atomically.
     """
     with atomic_path(path) as tmp:
@@ -81,6 +83,8 @@ def write_video(
                 video.pix_fmt = "yuv420p"
                 video.codec_context.time_base = Fraction(1, time_base)
                 video.codec_context.thread_count = 1
+                if gop_size is not None:
+                    video.codec_context.gop_size = gop_size
             sound = None
             if audio is not None:
                 sound = container.add_stream("aac", rate=sample_rate, layout="mono")

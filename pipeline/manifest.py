@@ -5,6 +5,10 @@ Schema (this module owns it): ``clip_id`` (unique, ``[A-Za-z0-9_.-]+``), ``datas
 (``youtube`` | ``archive`` | ``file``), ``clip_start_s``/``clip_end_s`` (where the clip
 sits in the source; ``clip_end_s`` NaN means "to the end of the source"), ``event_start_s``/``event_end_s`` (the annotated event, relative
 to the clip; NaN when the dataset has no event annotation), ``label``, ``label_id``, ``split`` (``train``/``val``/``test``).
+
+Builders (``pipeline.ave``, ``pipeline.vegas``, ``pipeline.folder``) return a :class:`ManifestBuild`:
+the manifest plus the anomalies they found. ``python -m pipeline.manifest {ave,vegas,folder} ...
+--out OUT.parquet`` writes it with ``OUT.report.json`` and prints counts by class and split.
 """
 
 from __future__ import annotations

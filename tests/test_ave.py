@@ -125,15 +125,18 @@ def test_audioset_segments_turn_clips_into_youtube_cuts(tmp_path):
     segments = tmp_path / "balanced_train_segments.csv"
     segments.write_text("# Segments csv created Sun Mar  5 10:54:31 2017\n# num_ytids=2\n"
                         "# YTID, start_seconds, end_seconds, positive_labels\n"
-                        'AAAAAAAAAAA, 30.000, 40.000, "/m/05tny_,/m/068hy"\n-BBBBBBBBBB, 5.500, 15.500, "/m/01yrx"\n')
-    built = build_ave_manifest(annotations, splits, segment_lists=[segments]).frame.set_index("clip_id")
+                        'AAAAAAAAAAA, 30.000, 40.000, "/m/05tny_,/m/068hy"\n-BBBBBBBBBB, 5.500, 9.000, "/m/01yrx"\n')
+    result = build_ave_manifest(annotations, splits, segment_lists=[segments])
+    built = result.frame.set_index("clip_id")
     a = built.loc[ave_clip_id("AAAAAAAAAAA", "Bark")]
     assert (a["source_kind"], a["source"], a["clip_start_s"], a["clip_end_s"]) == ("youtube", "AAAAAAAAAAA", 30.0, 40.0)
     assert (a["event_start_s"], a["event_end_s"]) == (0.0, 10.0)  # still relative to the clip
     b = built.loc["-BBBBBBBBBB_cat"]
-    assert (b["clip_start_s"], b["clip_end_s"]) == (5.5, 15.5)
+    assert (b["clip_start_s"], b["clip_end_s"]) == (5.5, 9.0)  # a 3.5-s segment cannot hold the 2-5 s event
     c = built.loc["CCCCCCCCCCC_bark"]  # not in the lists: stays an archive clip, and is reported
-    assert c["source_kind"] == "archive"
+    assert (c["source_kind"], c["source"]) == ("archive", f"{ARCHIVE_DIR}/CCCCCCCCCCC.mp4")
+    reported = {(a.kind, a.subject) for a in result.anomalies}
+    assert reported == {("short_segment", "-BBBBBBBBBB_cat"), ("segment_missing", "CCCCCCCCCCC_bark")}
 
 
 @pytest.mark.parametrize("lines, splits, problem", [

@@ -202,3 +202,14 @@ def test_audio_starting_late(tmp_path: Path) -> None:
     assert isinstance(segment, Segment) and len(segment.audio) == 48000
     onset = np.argmax(np.abs(segment.audio) > 0.1) / 16000
     assert onset == pytest.approx(0.05, abs=0.003)
+
+
+def test_decord_falls_back_to_pyav(monkeypatch: pytest.MonkeyPatch, indexed_clip: Path) -> None:
+    def refuse(*args: object) -> None:
+        raise decode.decord.DECORDError("cannot open")
+
+    monkeypatch.setattr(decode, "video_frames_decord", refuse)
+    segment = segment_clip(indexed_clip, "c", 0.0, 3.0, SegmentConfig(decoder="decord"))
+    assert _which_frames(segment.frames) == [2, 7, 12]
+    with pytest.raises(ValueError, match="decoder"):
+        SegmentConfig(decoder="opencv")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -14,8 +15,14 @@ import torch
 import torchvision
 from PIL import Image
 
-from extractors.visual import VISUAL_MODELS, build_visual, preprocess_frames
+from extractors.visual import VISUAL_MODELS, VisualExtractor, build_visual, preprocess_frames
 from extractors.weights import WeightsNotFoundError
+
+
+@functools.cache
+def random_model(name: str) -> VisualExtractor:
+    """Each model built once per session (random weights)."""
+    return build_visual(name, weights="random")
 
 
 def make_image(height: int = 90, width: int = 160, seed: int = 0) -> np.ndarray:
@@ -42,7 +49,7 @@ def pil_reference(image: np.ndarray, resize: int, crop: int, interpolation: str,
     ("vit_s16", (248, 224, "bicubic", (0.5, 0.5, 0.5))),  # timm: floor(224 / crop_pct 0.9)
 ])
 def test_preprocessing_matches_pil(name: str, expected: tuple) -> None:
-    p = build_visual(name, weights="random").preprocess
+    p = random_model(name).preprocess
     assert (p.resize, p.crop, p.interpolation, p.mean) == expected
     image = make_image()
     ours = preprocess_frames(torch.from_numpy(image)[None], p)[0].numpy()
@@ -55,7 +62,7 @@ def test_preprocessing_matches_pil(name: str, expected: tuple) -> None:
 
 
 def test_timm_preprocessing_matches_timm_transform() -> None:
-    extractor = build_visual("vit_s16", weights="random")
+    extractor = random_model("vit_s16")
     image = make_image(120, 100, seed=3)
     transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=extractor.backbone))
     ref = transform(Image.fromarray(image)).numpy()
@@ -73,17 +80,27 @@ def torchvision_pooled(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", sorted(VISUAL_MODELS))
 def test_feature_is_the_models_penultimate_output(name: str) -> None:
-    extractor = build_visual(name, weights="random")
+    extractor = random_model(name)
+    torchvision_model = VISUAL_MODELS[name].library == "torchvision"
+    # One image; ResNets take any size, so a small one keeps the test fast.
+    side = 96 if torchvision_model else 224
+    x = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        ours = extractor.backbone(x)
+        ref = torchvision_pooled(extractor.backbone, x) if torchvision_model else extractor.backbone.forward_features(x)[:, 0]
+    assert ours.shape == (1, VISUAL_MODELS[name].dim) == (1, extractor.dim)
+    assert ours.std() > 0
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_extractor_embeds_uint8_frames_one_per_frame() -> None:
+    extractor = random_model("resnet50")
     frames = torch.from_numpy(np.stack([make_image(seed=4), make_image(seed=5)]))
-    x = preprocess_frames(frames, extractor.preprocess)
     with torch.inference_mode():
         ours = extractor(frames)
-        if VISUAL_MODELS[name].library == "torchvision":
-            ref = torchvision_pooled(extractor.backbone, x)
-        else:  # the final-norm class token
-            ref = extractor.backbone.forward_features(x)[:, 0]
-    assert ours.shape == (2, VISUAL_MODELS[name].dim) == (2, extractor.dim)
-    assert ours.std() > 0
+        ref = torchvision_pooled(extractor.backbone, preprocess_frames(frames, extractor.preprocess))
+    assert ours.shape == (2, 2048)
+    assert (ours[0] - ours[1]).abs().max() > 1e-4  # different frames, different features
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
 
 
@@ -111,6 +128,6 @@ def test_missing_weights_say_which_file_where_and_url(tmp_path: Path, monkeypatc
     message = str(missing.value)
     assert "resnet152-394f9c45.pth" in message and str(tmp_path / "checkpoints") in message
     assert "https://download.pytorch.org/models/resnet152-394f9c45.pth" in message
-    assert build_visual("resnet50", weights="random").meta()["weights"] == "random"
+    assert random_model("resnet50").meta()["weights"] == "random"
     with pytest.raises(ValueError, match="unknown visual model"):
         build_visual("resnet18", weights="random")

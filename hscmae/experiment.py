@@ -1,0 +1,229 @@
+"""The experiment: every method x every seed on one feature set, then tables and plots.
+
+Plain Python in units a flow can map as tasks: :func:`prepare` (once), :func:`run_one` (per
+method and seed), :func:`summarise` (once); :func:`run_experiment` chains them.
+
+Selection never sees test: a trainable method keeps the epoch with the best mean mAP on val,
+linear CCA the ridge with the best mean mAP on val; test is embedded and scored once, on the
+selected model. The run directory holds ``config.json``, ``metrics.json``, ``results.md``,
+``results.csv``, ``plots/*.png``, ``log.jsonl`` and ``checkpoints/<method>-seed<s>/``
+(``best.safetensors`` is the selected model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from hscmae.cca import fit_cca
+from hscmae.checkpoint import BEST
+from hscmae.config import MethodConfig, methods
+from hscmae.data import ClipArrays
+from hscmae.evaluate import evaluate, retrieval_score
+from hscmae.report import aggregate, data_info, markdown_table, plot_losses, plot_pr_curves, write_csv
+from hscmae.synthetic import SyntheticConfig, write_synthetic
+from hscmae.train import embed, fit
+from pipeline.atomic import atomic_path
+from pipeline.shards import SPLITS, load_feature_set
+from pipeline.splits import carve_val
+
+CCA_RIDGES = (1e-3, 1e-2, 1e-1, 1.0)
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything that decides an experiment; defaults run the built-in synthetic demo.
+
+    Args:
+        shards: a folder (or file) of feature shards; ``None`` uses the built-in synthetic set.
+        synthetic: the synthetic set to generate when ``shards`` is ``None``.
+        data_root: where generated shards are written (``synthetic-<hash>/``).
+        methods: names from :func:`hscmae.config.methods` (default: all).
+        seeds: one run per method and seed.
+        val_fraction, split_seed: val carved from train (stratified) when the data have no val split.
+        posthoc_cca: also report metrics after linear CCA fit on the TRAIN embeddings.
+        epochs: overrides every trainable method's epoch count (quick runs); ``None`` keeps theirs.
+        runs_root, run_dir: the run goes to ``run_dir``, or ``runs_root/<hash of this config>``.
+    """
+
+    shards: str | None = None
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    data_root: str = "outputs/data"
+    methods: list[str] = field(default_factory=lambda: list(methods()))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    posthoc_cca: bool = True
+    epochs: int | None = None
+    runs_root: str = "runs"
+    run_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        known = methods()
+        unknown = [m for m in self.methods if m not in known]
+        if unknown or not self.methods:
+            raise ValueError(f"unknown or no methods {unknown}; known: {sorted(known)}")
+        if not self.seeds:
+            raise ValueError("seeds must name at least one seed")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1 or None, got {self.epochs}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"experiment config: unknown keys {unknown} (known: {sorted(names)})")
+        data = dict(data)
+        if isinstance(data.get("synthetic"), dict):
+            data["synthetic"] = SyntheticConfig(**data["synthetic"])
+        return cls(**data)
+
+    def method_config(self, name: str) -> MethodConfig:
+        """The resolved config of method ``name`` (with the ``epochs`` override applied)."""
+        method = methods()[name]
+        if self.epochs is not None and method.kind == "trainable":
+            method = dataclasses.replace(method, train=dataclasses.replace(method.train, epochs=self.epochs))
+        return method
+
+    def resolved_run_dir(self) -> Path:
+        if self.run_dir is not None:
+            return Path(self.run_dir)
+        text = json.dumps({k: v for k, v in self.to_dict().items() if k not in ("run_dir", "runs_root")}, sort_keys=True)
+        return Path(self.runs_root) / f"run-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+@dataclass
+class PreparedData:
+    """Clips of each split and what the tables say about them."""
+
+    train: ClipArrays
+    val: ClipArrays
+    test: ClipArrays
+    info: dict[str, Any]
+
+
+@dataclass
+class MethodResult:
+    """One method x seed: test metrics of the selected model, its training history and checkpoint."""
+
+    method: str
+    kind: str
+    seed: int
+    best_epoch: int
+    val_score: float
+    metrics: dict[str, float]
+    curves: dict[str, dict[str, list[float]]]
+    history: list[dict[str, Any]]
+    checkpoint: str
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def prepare(config: ExperimentConfig) -> PreparedData:
+    """Load the shards (generating the synthetic set if asked), carve val if absent, pad each split."""
+    source = config.shards if config.shards is not None else write_synthetic(config.synthetic, config.data_root)
+    features = load_feature_set(source)
+    split = carve_val(features.split, features.label_id, config.val_fraction, config.split_seed)
+    counts = {s: int((split == s).sum()) for s in SPLITS}
+    missing = [s for s, n in counts.items() if n == 0]
+    if missing:
+        raise ValueError(f"{source}: no clips in split(s) {missing} (clips per split: {counts})")
+    arrays = {s: ClipArrays.from_feature_set(features.subset(split == s)) for s in SPLITS}
+    return PreparedData(**arrays, info=data_info(features.meta, counts, str(source), config.seeds))
+
+
+def _run_linear_cca(method: MethodConfig, data: PreparedData, folder: Path) -> tuple[Any, list[dict], int, float]:
+    """Fit linear CCA on pooled TRAIN features for each ridge; keep the best on val; save it."""
+    (train_a, train_v), (val_a, val_v) = data.train.pooled(), data.val.pooled()
+    k = min(method.model.latent, train_a.shape[1], train_v.shape[1])
+    history, fitted = [], []
+    for ridge in CCA_RIDGES:
+        cca = fit_cca(train_a, train_v, k=k, ridge=ridge)
+        history.append({"ridge": ridge, "val_score": retrieval_score(cca.transform_x(val_a), cca.transform_y(val_v),
+                                                                     data.val.label_id)})
+        fitted.append(cca)
+    best = int(np.argmax([h["val_score"] for h in history]))
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / BEST) as tmp:
+        fitted[best].save(str(tmp))
+    return fitted[best], history, best, history[best]["val_score"]
+
+
+def run_one(method_name: str, seed: int, data: PreparedData, run_dir: str | Path, *,
+            config: ExperimentConfig | None = None, progress: bool = True) -> MethodResult:
+    """Train (or solve) one method with one seed, select on val, evaluate on test once.
+
+    ``config`` supplies the ``epochs`` override and ``posthoc_cca`` (default: ``ExperimentConfig()``).
+    The selected model is saved as ``run_dir/checkpoints/<method>-seed<seed>/best.safetensors``.
+    """
+    config = config or ExperimentConfig(methods=[method_name])
+    method = config.method_config(method_name)
+    folder = Path(run_dir) / "checkpoints" / f"{method_name}-seed{seed}"
+    start = time.perf_counter()
+    if method.kind == "closed_form":
+        cca, history, best_epoch, val_score = _run_linear_cca(method, data, folder)
+        test_a, test_v = data.test.pooled()
+        result = evaluate(cca.transform_x(test_a), cca.transform_y(test_v), data.test.label_id)
+    else:
+        trained = fit(method, data.train, data.val, seed=seed, scorer=retrieval_score, checkpoint_dir=folder,
+                      progress=progress)
+        history, best_epoch = trained.history, trained.best_epoch
+        val_score = history[best_epoch]["val_score"]
+        train_emb = embed(trained.model, data.train) if config.posthoc_cca else None
+        result = evaluate(*embed(trained.model, data.test), data.test.label_id, train=train_emb)
+    return MethodResult(method=method_name, kind=method.kind, seed=seed, best_epoch=best_epoch, val_score=val_score,
+                        metrics=result.metrics, curves=result.curves, history=history,
+                        checkpoint=str(folder / BEST), seconds=time.perf_counter() - start)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def summarise(results: list[MethodResult], data: PreparedData, config: ExperimentConfig, run_dir: str | Path) -> Path:
+    """Write config, metrics, tables, plots and log of the finished runs into ``run_dir``; return it."""
+    run_dir = Path(run_dir)
+    (run_dir / "plots").mkdir(parents=True, exist_ok=True)
+    runs = [r.to_dict() for r in results]
+    summary = aggregate(runs)
+    info = data.info
+    resolved = {"experiment": config.to_dict(), "run_dir": str(run_dir),
+                "methods": {m: config.method_config(m).to_dict() for m in config.methods}}
+    _write_text(run_dir / "config.json", json.dumps(resolved, indent=1))
+    per_run = [{k: v for k, v in r.items() if k != "history"} for r in runs]
+    _write_text(run_dir / "metrics.json", json.dumps({"data": info, "aggregate": summary, "runs": per_run}, indent=1))
+    _write_text(run_dir / "results.md", markdown_table(summary, info))
+    with atomic_path(run_dir / "results.csv") as tmp:
+        write_csv(tmp, summary, info)
+    log = [json.dumps({"method": r["method"], "seed": r["seed"], **epoch}) for r in runs for epoch in r["history"]]
+    _write_text(run_dir / "log.jsonl", "\n".join(log) + "\n")
+    title = f"{info['dataset']}, {info['weights']}, {len(info['seeds'])} seed(s)"
+    plot_losses(runs, run_dir / "plots" / "loss_curves.png", title)
+    plot_pr_curves(runs, run_dir / "plots" / "pr_curves.png", f"test, {title}")
+    return run_dir
+
+
+def run_experiment(config: ExperimentConfig, *, progress: bool = True) -> Path:
+    """Prepare the data, run every method x seed, summarise; returns the run directory."""
+    run_dir = config.resolved_run_dir()
+    data = prepare(config)
+    jobs = list(itertools.product(config.methods, config.seeds))
+    results = [run_one(method, seed, data, run_dir, config=config, progress=False)
+               for method, seed in tqdm(jobs, desc="methods x seeds", unit="run", disable=not progress)]
+    return summarise(results, data, config, run_dir)

@@ -1,0 +1,146 @@
+"""Results tables (Markdown, CSV) and plots (PNG) of an experiment.
+
+Every table carries what the numbers stand on: the data (name, clips per split), the weights
+behind the features (random weights and generated features are called out), the number of
+seeds and the model-selection rule.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+import numpy as np  # noqa: E402
+
+from hscmae.config import LOSS_TERMS  # noqa: E402
+from hscmae.synthetic import is_synthetic  # noqa: E402
+from pipeline.shards import SPLITS, uses_random_weights, weights_summary  # noqa: E402
+
+SELECTION_RULE = ("model selection: the epoch (linear CCA: the ridge) with the best mean mAP on val; "
+                  "test is evaluated once, on the selected model")
+TABLE_COLUMNS = (
+    ("a2v_map", "A→V mAP"), ("v2a_map", "V→A mAP"), ("mean_map", "mean mAP"),
+    ("cca_a2v_map", "A→V mAP +CCA"), ("cca_v2a_map", "V→A mAP +CCA"), ("cca_mean_map", "mean mAP +CCA"),
+    ("mean_p@1", "P@1"), ("mean_p@5", "P@5"), ("mean_p@10", "P@10"),
+)
+
+
+def describe_weights(meta: Mapping[str, Any]) -> str:
+    """What produced the features, said plainly (random weights and generated features called out)."""
+    if is_synthetic(meta):
+        return "generated features (no extractor network, no weights): not real audio or video"
+    text = weights_summary(meta)
+    if uses_random_weights(meta):
+        text += " — RANDOM WEIGHTS: features from untrained networks, numbers are not comparable to published ones"
+    return text
+
+
+def data_info(meta: Mapping[str, Any], counts: Mapping[str, int], source: str, seeds: Sequence[int]) -> dict[str, Any]:
+    """The facts every table states: dataset, clips per split, weights, seeds."""
+    return {"dataset": str(meta.get("dataset", Path(source).name)), "source": source,
+            "clips": {s: int(counts.get(s, 0)) for s in SPLITS}, "weights": describe_weights(meta),
+            "random_weights": uses_random_weights(meta), "synthetic": is_synthetic(meta), "seeds": list(seeds)}
+
+
+def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{method: {metric: {"mean", "std", "n"}}}`` over seeds; std is the sample std (0 for one seed)."""
+    grouped: dict[str, dict[str, list[float]]] = {}
+    for run in runs:
+        for name, value in run["metrics"].items():
+            grouped.setdefault(run["method"], {}).setdefault(name, []).append(float(value))
+    return {method: {name: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                            "n": len(v)} for name, v in metrics.items()}
+            for method, metrics in grouped.items()}
+
+
+def header_lines(info: Mapping[str, Any]) -> list[str]:
+    clips = ", ".join(f"{s} {n}" for s, n in info["clips"].items())
+    return [f"data: {info['dataset']} ({clips} clips; source {info['source']})",
+            f"features: {info['weights']}",
+            f"seeds: {len(info['seeds'])} ({', '.join(map(str, info['seeds']))}); values are mean ± sample std over seeds",
+            SELECTION_RULE]
+
+
+def _cell(stats: Mapping[str, float] | None) -> str:
+    if stats is None:
+        return "—"
+    return f"{stats['mean']:.3f}" + (f" ± {stats['std']:.3f}" if stats["n"] > 1 else "")
+
+
+def markdown_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]], info: Mapping[str, Any]) -> str:
+    """The results table with its header; P@k is the mean of the a2v and v2a values."""
+    lines = [f"> {line}  " for line in header_lines(info)]
+    lines += ["", "| method | " + " | ".join(title for _, title in TABLE_COLUMNS) + " |",
+              "|---|" + "---:|" * len(TABLE_COLUMNS)]
+    for method, stats in summary.items():
+        lines.append(f"| {method} | " + " | ".join(_cell(stats.get(key)) for key, _ in TABLE_COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, summary: Mapping[str, Mapping[str, Mapping[str, float]]], info: Mapping[str, Any]) -> None:
+    """One row per method: every metric's mean and std, plus the data, weights and seed columns."""
+    names = sorted({name for stats in summary.values() for name in stats})
+    fields = ["method", *(f"{n}_{part}" for n in names for part in ("mean", "std")), "seeds", "dataset",
+              *(f"{s}_clips" for s in SPLITS), "weights", "random_weights"]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        for method, stats in summary.items():
+            row: dict[str, Any] = {"method": method, "seeds": len(info["seeds"]), "dataset": info["dataset"],
+                                   "weights": info["weights"], "random_weights": info["random_weights"]}
+            row.update({f"{s}_clips": n for s, n in info["clips"].items()})
+            for name, value in stats.items():
+                row[f"{name}_mean"], row[f"{name}_std"] = value["mean"], value["std"]
+            writer.writerow(row)
+
+
+def _by_method(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    grouped: dict[str, list[Mapping[str, Any]]] = {}
+    for run in runs:
+        grouped.setdefault(run["method"], []).append(run)
+    return grouped
+
+
+def plot_losses(runs: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
+    """One panel per trained method: each loss term and the weighted total vs epoch (mean over seeds)."""
+    trained = {m: rs for m, rs in _by_method(runs).items() if rs[0]["kind"] == "trainable"}
+    if not trained:
+        return
+    cols = min(3, len(trained))
+    rows = -(-len(trained) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    for ax, (method, rs) in zip(axes.flat, trained.items()):
+        for term in (*LOSS_TERMS, "total"):
+            curves = [[epoch[term] for epoch in r["history"]] for r in rs if term in r["history"][0]]
+            if curves:
+                ax.plot(np.mean(curves, axis=0), label=term)
+        ax.set(title=method, xlabel="epoch", ylabel="loss")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(trained):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_pr_curves(runs: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
+    """Interpolated precision-recall curves on test, a2v and v2a, one line per method (mean over seeds)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for ax, direction in zip(axes, ("a2v", "v2a")):
+        for method, rs in _by_method(runs).items():
+            recall = rs[0]["curves"][direction]["recall"]
+            ax.plot(recall, np.mean([r["curves"][direction]["precision"] for r in rs], axis=0), label=method)
+        ax.set(title={"a2v": "audio → visual", "v2a": "visual → audio"}[direction], xlabel="recall",
+               ylabel="precision", xlim=(0, 1), ylim=(0, 1))
+    axes[1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

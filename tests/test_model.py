@@ -1,0 +1,161 @@
+"""Clip arrays, masking and the student model against numpy references."""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.special
+import torch
+
+from hscmae.config import LOSS_TERMS, MethodConfig, ModelConfig, methods
+from hscmae.data import ClipArrays
+from hscmae.model import HSCMAE, mask_elements, mask_seconds
+from hscmae.train import embed
+from pipeline.shards import FeatureSet
+
+
+def _feature_set(seed: int = 0) -> FeatureSet:
+    rng = np.random.default_rng(seed)
+    lengths = [(3, 2), (1, 4), (5, 5), (2, 1)]
+    return FeatureSet(
+        clip_id=np.array([f"c{i}" for i in range(4)], dtype=object),
+        label=np.array(["x", "y", "x", "y"], dtype=object),
+        label_id=np.array([0, 1, 0, 1], dtype=np.int64),
+        split=np.array(["train"] * 4, dtype=object),
+        audio=[rng.normal(size=(ta, 6)).astype(np.float32) for ta, _ in lengths],
+        visual=[rng.normal(size=(tv, 9)).astype(np.float32) for _, tv in lengths],
+    )
+
+
+def test_clip_arrays_pool_like_feature_set_and_subset():
+    fs = _feature_set()
+    arrays = ClipArrays.from_feature_set(fs)
+    assert arrays.audio.shape == (4, 5, 6) and arrays.visual_valid.sum(1).tolist() == [2, 4, 5, 1]
+    for got, ref in zip(arrays.pooled(), fs.pooled()):
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+    sub = arrays.subset(np.array([False, True, False, True]))
+    np.testing.assert_allclose(sub.pooled()[1], fs.subset(np.array([1, 3])).pooled()[1], atol=1e-6)
+    assert sub.clip_id.tolist() == ["c1", "c3"] and len(sub) == 2
+
+
+def test_clip_arrays_errors_name_the_clip():
+    arrays = ClipArrays.from_feature_set(_feature_set())
+    arrays.visual[2, 3, 1] = np.nan
+    with pytest.raises(ValueError, match=r"train: visual of clip row 2 \(c2\) is not finite \(second 3\)"):
+        arrays.check_finite("train")
+    arrays.visual[2, 3, 1] = 0.0
+    arrays.audio[1, 4, 0] = np.inf  # padding is not checked
+    arrays.check_finite("train")
+    valid = arrays.audio_valid.copy()
+    valid[3] = False
+    with pytest.raises(ValueError, match=r"audio: clip row 3 \(c3\) has no valid second"):
+        ClipArrays(audio=arrays.audio, visual=arrays.visual, audio_valid=valid,
+                   visual_valid=arrays.visual_valid, label_id=arrays.label_id, clip_id=arrays.clip_id)
+
+
+def test_mask_elements_masks_exact_count_and_keeps_the_rest():
+    x = torch.arange(1, 41, dtype=torch.float32).reshape(4, 10)
+    masked, mask = mask_elements(x, ratio=0.3, generator=torch.Generator().manual_seed(0))
+    assert mask.sum(1).tolist() == [3, 3, 3, 3]
+    assert torch.equal(masked[mask], torch.zeros(12)) and torch.equal(masked[~mask], x[~mask])
+    again, mask2 = mask_elements(x, ratio=0.3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(mask, mask2)
+    assert len({tuple(row.tolist()) for row in mask}) > 1  # rows get different masks
+
+
+def test_mask_seconds_drops_seconds_from_the_mean():
+    # Second t of every clip is the one-hot vector e_t, so the pooled mean reveals which seconds were kept.
+    t = 10
+    seq = torch.eye(t).repeat(4, 1, 1)
+    valid = torch.zeros(4, t, dtype=torch.bool)
+    for b, n in enumerate([10, 5, 2, 1]):
+        valid[b, :n] = True
+    pooled, lost = mask_seconds(seq, valid, ratio=0.3, generator=torch.Generator().manual_seed(1))
+    expected_dropped = [3, 2, 1, 0]  # round(0.3 n), at most n - 1
+    for b, n in enumerate([10, 5, 2, 1]):
+        kept = pooled[b] > 0
+        assert int(kept.sum()) == n - expected_dropped[b]
+        assert bool((valid[b] | ~kept).all())  # only valid seconds are kept
+        np.testing.assert_allclose(pooled[b][kept].numpy(), 1.0 / (n - expected_dropped[b]), rtol=1e-6)
+    assert lost.tolist() == [True, True, True, False]
+
+
+def _model(dims=None, seed=0) -> HSCMAE:
+    torch.manual_seed(seed)
+    return HSCMAE(in_dims=dims or {"audio": 6, "visual": 9}, config=ModelConfig(hidden=16, latent=4, dropout=0.1))
+
+
+def test_standardize_uses_training_statistics():
+    rng = np.random.default_rng(0)
+    audio = rng.normal(3.0, 2.0, size=(50, 6))
+    audio[:, 2] = 7.0
+    visual = rng.normal(size=(50, 9))
+    model = _model()
+    model.set_input_stats({"audio": audio, "visual": visual})
+    z = model.standardize({"audio": torch.tensor(audio, dtype=torch.float32),
+                           "visual": torch.tensor(visual, dtype=torch.float32)})["audio"].numpy()
+    expected = (audio - audio.mean(0)) / np.where(audio.std(0) < 1e-8, 1.0, audio.std(0))
+    np.testing.assert_allclose(z, expected, atol=1e-5)
+    assert np.all(z[:, 2] == 0.0)
+
+
+def test_embed_is_the_eval_encoder_of_standardised_inputs_in_any_batch_size():
+    arrays = ClipArrays.from_feature_set(_feature_set())
+    model = _model()
+    model.set_input_stats(dict(zip(("audio", "visual"), arrays.pooled())))
+    model.train()
+    a1, v1 = embed(model, arrays, batch_size=3)
+    a2, v2 = embed(model, arrays, batch_size=4096)
+    np.testing.assert_allclose(a1, a2, atol=1e-6)  # BLAS may block differently: float32 rounding only
+    np.testing.assert_allclose(v1, v2, atol=1e-6)
+    assert model.training  # embed restores the mode it found
+    pooled_a = arrays.pooled()[0].astype(np.float64)
+    lin1, norm, _, _, lin2 = model.encoders["audio"]
+    h = (pooled_a - model.audio_mean.numpy()) / model.audio_std.numpy()
+    h = h @ lin1.weight.detach().numpy().T + lin1.bias.detach().numpy()
+    h = (h - h.mean(1, keepdims=True)) / np.sqrt(h.var(1, keepdims=True) + norm.eps)
+    h = h * norm.weight.detach().numpy() + norm.bias.detach().numpy()
+    h = 0.5 * h * (1 + scipy.special.erf(h / np.sqrt(2)))  # exact GELU
+    h = h @ lin2.weight.detach().numpy().T + lin2.bias.detach().numpy()
+    np.testing.assert_allclose(a1, h, atol=1e-5)
+
+
+def test_forward_reconstructs_every_modality_from_latents():
+    model = _model().eval()
+    x = {"audio": torch.randn(5, 6), "visual": torch.randn(5, 9)}
+    out = model(x)
+    for m in ("audio", "visual"):
+        assert torch.equal(out.latent[m], model.encoders[m](x[m]))
+        assert torch.equal(out.recon[m], model.decoders[m](out.latent[m]))
+    assert out.recon["visual"].shape == (5, 9)
+
+
+@pytest.mark.parametrize("name", sorted(methods()))
+def test_method_configs_round_trip_through_json(name):
+    method = methods()[name]
+    assert MethodConfig.from_dict(json.loads(json.dumps(method.to_dict()))) == method
+
+
+def test_ablations_each_switch_exactly_one_flag():
+    registry = methods()
+    base = registry["hscmae"].loss
+    assert base.active == ("global", "local", "recon")
+    flips = {"hscmae-no-global": "use_global", "hscmae-no-local": "use_local", "hscmae-no-recon": "use_recon",
+             "hscmae-fixed-weights": "learn_weights", "hscmae+distill": "use_distill"}
+    for name, flag in flips.items():
+        changed = {k for k, v in vars(registry[name].loss).items() if v != getattr(base, k)}
+        assert changed == {flag}, name
+    assert registry["dcca"].loss.active == ("global",)
+    assert registry["clip"].loss.active == ("local",) and registry["clip"].loss.topk == 0
+    assert registry["cav-mae"].loss.active == ("local", "recon") and not registry["cav-mae"].loss.needs_teacher
+    assert registry["linear-cca"].kind == "closed_form"
+    assert set(LOSS_TERMS) >= set(registry["hscmae+distill"].loss.active)
+
+
+def test_config_errors_name_the_problem():
+    with pytest.raises(ValueError, match=r"unknown keys \['hiden'\]"):
+        MethodConfig.from_dict({"name": "x", "model": {"hiden": 3}})
+    with pytest.raises(ValueError, match="mask_mode 'frames'"):
+        MethodConfig.from_dict({"name": "x", "loss": {"mask_mode": "frames"}})
+    with pytest.raises(ValueError, match="no loss term"):
+        MethodConfig.from_dict({"name": "x", "loss": {"use_global": False, "use_local": False, "use_recon": False}})

@@ -1,0 +1,168 @@
+"""Training loop: learning, determinism, resume, non-finite stops, schedules."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hscmae import losses
+from hscmae.config import MethodConfig, ModelConfig, TrainConfig, methods
+from hscmae.data import ClipArrays
+from hscmae.train import ema_momentum, ema_update, embed, fit, lr_factor
+
+torch.set_num_threads(1)
+
+
+def _clips(n: int, seed: int) -> ClipArrays:
+    """Audio and visual seconds are noisy linear images of one shared per-clip latent (3 seconds each)."""
+    rng = np.random.default_rng(seed)
+    maps = np.random.default_rng(99)
+    wa, wv = maps.normal(size=(4, 12)), maps.normal(size=(4, 20))
+    z = rng.normal(size=(n, 1, 4))
+    audio = z @ wa + 0.3 * rng.normal(size=(n, 3, 12))
+    visual = np.tanh(z @ wv) + 0.3 * rng.normal(size=(n, 3, 20))
+    valid = np.ones((n, 3), dtype=bool)
+    return ClipArrays(audio=audio.astype(np.float32), visual=visual.astype(np.float32), audio_valid=valid,
+                      visual_valid=valid.copy(), label_id=np.zeros(n, dtype=np.int64))
+
+
+TRAIN, VAL = _clips(256, 0), _clips(96, 1)
+
+
+def recall_at_1(audio: np.ndarray, visual: np.ndarray, labels: np.ndarray) -> float:
+    """Share of audio clips whose nearest visual clip (cosine) is their own pair."""
+    a = audio / np.linalg.norm(audio, axis=1, keepdims=True)
+    v = visual / np.linalg.norm(visual, axis=1, keepdims=True)
+    return float(((a @ v.T).argmax(1) == np.arange(len(a))).mean())
+
+
+def _small(name: str, epochs: int = 4, **loss_changes) -> MethodConfig:
+    method = methods()[name]
+    return dataclasses.replace(
+        method, model=ModelConfig(hidden=32, latent=8, dropout=0.1),
+        loss=dataclasses.replace(method.loss, weight_warmup_epochs=1, **loss_changes),
+        train=TrainConfig(batch_size=64, epochs=epochs, warmup_epochs=1, lr=3e-3, device="cpu"),
+    )
+
+
+def _drop_seconds(history):
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+
+@pytest.mark.parametrize("name", ["hscmae", "dcca", "clip", "cav-mae"])
+def test_training_beats_the_untrained_model(name):
+    method = _small(name, epochs=6)
+    torch.manual_seed(0)
+    untrained = fit(dataclasses.replace(method, train=dataclasses.replace(method.train, lr=1e-12)),
+                    TRAIN, VAL, seed=0, scorer=recall_at_1, progress=False)
+    result = fit(method, TRAIN, VAL, seed=0, scorer=recall_at_1, progress=False)
+    before = recall_at_1(*embed(untrained.model, VAL), VAL.label_id)
+    after = recall_at_1(*embed(result.model, VAL), VAL.label_id)
+    assert after > before + 0.1 and after > 0.3, (before, after)
+    best = result.history[result.best_epoch]["val_score"]
+    assert after == pytest.approx(best) and best == max(h["val_score"] for h in result.history)
+    assert set(result.history[0]) >= set(method.loss.active) | {"total", "weights", "val_score", "seconds"}
+
+
+def test_same_seed_gives_identical_history_and_embeddings():
+    method = _small("hscmae+distill", epochs=2)
+    runs = [fit(method, TRAIN, VAL, seed=3, scorer=recall_at_1, progress=False) for _ in range(2)]
+    assert _drop_seconds(runs[0].history) == _drop_seconds(runs[1].history)
+    for x, y in zip(embed(runs[0].model, VAL), embed(runs[1].model, VAL)):
+        np.testing.assert_array_equal(x, y)
+    other = fit(method, TRAIN, VAL, seed=4, scorer=recall_at_1, progress=False)
+    assert _drop_seconds(other.history) != _drop_seconds(runs[0].history)
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
+    method = _small("hscmae", epochs=4, mask_mode="time")
+    straight = fit(method, TRAIN, VAL, seed=1, scorer=recall_at_1, checkpoint_dir=tmp_path / "a", progress=False)
+    calls = []
+
+    def crashing_scorer(a, v, labels):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated crash during epoch 2")
+        return recall_at_1(a, v, labels)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(method, TRAIN, VAL, seed=1, scorer=crashing_scorer, checkpoint_dir=tmp_path / "b", progress=False)
+    assert sorted(p.name for p in (tmp_path / "b").iterdir() if p.is_dir()) == ["epoch_0002"]
+    resumed = fit(method, TRAIN, VAL, seed=1, scorer=recall_at_1, checkpoint_dir=tmp_path / "b", progress=False)
+    assert _drop_seconds(resumed.history) == _drop_seconds(straight.history)
+    assert resumed.best_epoch == straight.best_epoch
+    for key in ("last.json", "best.safetensors"):
+        assert (tmp_path / "b" / key).exists()
+    final_a = load_file(str(tmp_path / "a" / "epoch_0004" / "student.safetensors"))
+    final_b = load_file(str(tmp_path / "b" / "epoch_0004" / "student.safetensors"))
+    teacher_a = load_file(str(tmp_path / "a" / "epoch_0004" / "teacher.safetensors"))
+    teacher_b = load_file(str(tmp_path / "b" / "epoch_0004" / "teacher.safetensors"))
+    for k in final_a:
+        assert torch.equal(final_a[k], final_b[k]), k
+    for k in teacher_a:
+        assert torch.equal(teacher_a[k], teacher_b[k]), k
+    best = load_file(str(tmp_path / "b" / "best.safetensors"))
+    for k, v in resumed.model.state_dict().items():
+        assert torch.equal(best[k], v), k
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    fit(_small("clip", epochs=1), TRAIN, VAL, seed=0, scorer=recall_at_1, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"different \['method'\]"):
+        fit(_small("dcca", epochs=1), TRAIN, VAL, seed=0, scorer=recall_at_1, checkpoint_dir=tmp_path, progress=False)
+
+
+def test_non_finite_loss_term_stops_with_its_name_and_step(monkeypatch):
+    real = losses.cca_loss
+    calls = []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        value = real(*args, **kwargs)
+        return value * float("nan") if len(calls) == 7 else value
+
+    monkeypatch.setattr(losses, "cca_loss", poisoned)
+    with pytest.raises(FloatingPointError, match=r"hscmae: global is nan at epoch 1, step 6"):
+        fit(_small("hscmae"), TRAIN, VAL, seed=0, scorer=recall_at_1, progress=False)
+
+
+def test_exploding_training_stops_instead_of_going_on():
+    method = _small("cav-mae", epochs=3)
+    method = dataclasses.replace(method, train=dataclasses.replace(method.train, lr=1e18, grad_clip=1e30))
+    with pytest.raises(FloatingPointError, match=r"cav-mae: .* is (nan|inf|-inf) at epoch \d, step \d"):
+        fit(method, TRAIN, VAL, seed=0, scorer=recall_at_1, progress=False)
+
+
+def test_non_finite_input_is_rejected_naming_the_clip():
+    bad = TRAIN.subset(np.arange(len(TRAIN)))
+    bad.audio[17, 1, 3] = np.nan
+    with pytest.raises(ValueError, match=r"train: audio of clip row 17 is not finite"):
+        fit(_small("dcca"), bad, VAL, seed=0, scorer=recall_at_1, progress=False)
+
+
+def test_weights_stay_fixed_during_warmup_then_learn():
+    result = fit(_small("hscmae", epochs=3), TRAIN, VAL, seed=0, scorer=recall_at_1, progress=False)
+    assert result.history[0]["weights"] == {"global": 1.0, "local": 1.0, "recon": 1.0}
+    assert all(w != 1.0 for w in result.history[2]["weights"].values())
+    fixed = fit(_small("hscmae-fixed-weights", epochs=2), TRAIN, VAL, seed=0, scorer=recall_at_1, progress=False)
+    assert fixed.history[1]["weights"] == {"global": 1.0, "local": 1.0, "recon": 1.0}
+    h = fixed.history[1]
+    assert h["total"] == pytest.approx(h["global"] + h["local"] + h["recon"], rel=1e-5)
+
+
+def test_schedules_and_ema_update():
+    assert lr_factor(0, warmup_steps=4, total_steps=20) == pytest.approx(0.25)
+    assert lr_factor(4, warmup_steps=4, total_steps=20) == pytest.approx(1.0)
+    assert lr_factor(12, warmup_steps=4, total_steps=20) == pytest.approx(0.5)
+    assert ema_momentum(0, total_steps=10, start=0.95, end=0.999) == pytest.approx(0.95)
+    assert ema_momentum(5, total_steps=10, start=0.95, end=0.999) == pytest.approx((0.95 + 0.999) / 2)
+    assert ema_momentum(10, total_steps=10, start=0.95, end=0.999) == pytest.approx(0.999)
+    teacher, student = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    expected_bias = 0.9 * float(teacher.bias) + 0.1 * float(student.bias)
+    with torch.no_grad():
+        teacher.weight.fill_(1.0), student.weight.fill_(3.0)
+    ema_update(teacher, student, 0.9)
+    assert teacher.weight.detach().tolist() == pytest.approx([[0.9 * 1.0 + 0.1 * 3.0] * 2])
+    assert float(teacher.bias.detach()) == pytest.approx(expected_bias)
