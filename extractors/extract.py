@@ -101,7 +101,7 @@ class Extractors:
         """Shard metadata: ``{"audio": {...}, "visual": {...}}``."""
         return {"audio": self.audio.meta(), "visual": self.visual.meta()}
 
-    def _chunked(self, model: torch.nn.Module, x: torch.Tensor, dim: int) -> torch.Tensor:
+    def batched(self, model: torch.nn.Module, x: torch.Tensor, dim: int) -> torch.Tensor:
         """``model`` over ``x: [N, ...]`` in chunks of ``max_batch`` -> ``[N, dim]`` float32."""
         if len(x) == 0:
             return torch.empty(0, dim, device=x.device)
@@ -113,9 +113,9 @@ class Extractors:
         """Per clip: audio ``[E_i, 128]`` (one per 0.96 s example) and visual ``[T_i, D]`` (one per frame)."""
         waves = [torch.from_numpy(np.asarray(s.audio, dtype=np.float32)).to(self.device) for s in segments]
         examples, audio_counts = self.audio.frontend.examples(waves)  # float32, outside autocast
-        audio = self._chunked(self.audio, examples, vp.EMBEDDING_SIZE).cpu().numpy()
+        audio = self.batched(self.audio, examples, vp.EMBEDDING_SIZE).cpu().numpy()
         frames = torch.from_numpy(np.concatenate([s.frames for s in segments])).to(self.device)
-        visual = self._chunked(self.visual, frames, self.visual.dim).cpu().numpy()
+        visual = self.batched(self.visual, frames, self.visual.dim).cpu().numpy()
         frame_counts = [len(s.frames) for s in segments]
         audio_parts = np.split(audio, np.cumsum(audio_counts)[:-1])
         visual_parts = np.split(visual, np.cumsum(frame_counts)[:-1])
@@ -155,7 +155,7 @@ def _feature_failure(job: ClipJob, name: str, x: np.ndarray) -> Failure | None:
                    message=f"{name} features have {int(bad.sum())} non-finite values (first at second {second})")
 
 
-def _prefetched(jobs: Iterable[ClipJob], workers: int, depth: int) -> Iterator[tuple[ClipJob, Segment | Failure]]:
+def prefetch(jobs: Iterable[ClipJob], workers: int, depth: int) -> Iterator[tuple[ClipJob, Segment | Failure]]:
     """``(job, job.load())`` in job order, decoded by ``workers`` threads up to ``depth`` clips ahead."""
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode")
     pending: deque[tuple[ClipJob, Future[Segment | Failure]]] = deque()
@@ -234,13 +234,14 @@ def extract_features(
             if job.clip_id in seen:
                 result.failures.append(Failure(clip_id=job.clip_id, stage=STAGE, kind="duplicate_clip_id",
                                                message="clip_id already extracted in this run; later copy skipped"))
+                progress.update(1)
                 continue
             seen.add(job.clip_id)
             yield job
 
     count = total if total is not None else (len(jobs) if isinstance(jobs, Sized) else None)
     with tqdm(total=count, desc="extract", unit="clip") as progress:
-        for job, loaded in _prefetched(fresh(jobs), config.decode_workers, config.prefetch_clips):
+        for job, loaded in prefetch(fresh(jobs), config.decode_workers, config.prefetch_clips):
             progress.update(1)
             failure = loaded if isinstance(loaded, Failure) else _media_failure(job, loaded)
             if failure is not None:

@@ -58,23 +58,27 @@ VISUAL_MODELS: dict[str, VisualSpec] = {
 }
 
 
-def _torchvision_weights_enum(arch: str) -> Any:
-    # IMAGENET1K_V1: the original ImageNet release (resize 256, crop 224, bilinear).
-    return torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+def _weights_spec(spec: VisualSpec) -> WeightsSpec:
+    """The published weight file of ``spec`` (known without building the model)."""
+    if spec.library == "torchvision":
+        # IMAGENET1K_V1: the original ImageNet release (resize 256, crop 224, bilinear).
+        url = torchvision.models.get_model_weights(spec.arch).IMAGENET1K_V1.url
+        return WeightsSpec(file_name=url.rsplit("/", 1)[-1], url=url)
+    hub_id = timm.models.get_pretrained_cfg(spec.arch).hf_hub_id
+    return WeightsSpec(file_name="model.safetensors", hf_hub_id=hub_id,
+                       url=f"https://huggingface.co/{hub_id}/resolve/main/model.safetensors")
 
 
-def _torchvision_parts(arch: str) -> tuple[nn.Module, Preprocess, WeightsSpec]:
-    enum = _torchvision_weights_enum(arch)
-    tf = enum.transforms()
+def _torchvision_model(arch: str) -> tuple[nn.Module, Preprocess]:
+    tf = torchvision.models.get_model_weights(arch).IMAGENET1K_V1.transforms()
     preprocess = Preprocess(
         resize=int(tf.resize_size[0]), crop=int(tf.crop_size[0]), interpolation=tf.interpolation.value,
         mean=tuple(tf.mean), std=tuple(tf.std),
     )
-    spec = WeightsSpec(file_name=enum.url.rsplit("/", 1)[-1], url=enum.url)
-    return torchvision.models.get_model(arch, weights=None), preprocess, spec
+    return torchvision.models.get_model(arch, weights=None), preprocess
 
 
-def _timm_parts(arch: str) -> tuple[nn.Module, Preprocess, WeightsSpec]:
+def _timm_model(arch: str) -> tuple[nn.Module, Preprocess]:
     model = timm.create_model(arch, pretrained=False)
     cfg = timm.data.resolve_data_config({}, model=model)
     size = int(cfg["input_size"][-1])
@@ -82,12 +86,7 @@ def _timm_parts(arch: str) -> tuple[nn.Module, Preprocess, WeightsSpec]:
         resize=math.floor(size / cfg["crop_pct"]), crop=size, interpolation=cfg["interpolation"],
         mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
     )
-    hub_id = model.pretrained_cfg["hf_hub_id"]
-    spec = WeightsSpec(
-        file_name="model.safetensors", url=f"https://huggingface.co/{hub_id}/resolve/main/model.safetensors",
-        hf_hub_id=hub_id,
-    )
-    return model, preprocess, spec
+    return model, preprocess
 
 
 def preprocess_frames(frames: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
@@ -143,11 +142,10 @@ def build_visual(name: str, *, weights: WeightsArg = None, seed: int = 0) -> Vis
     if name not in VISUAL_MODELS:
         raise ValueError(f"unknown visual model {name!r}; choose one of {sorted(VISUAL_MODELS)}")
     spec = VISUAL_MODELS[name]
+    state, sha = load_weights(_weights_spec(spec), weights)  # a missing file fails before any build
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        parts = _torchvision_parts if spec.library == "torchvision" else _timm_parts
-        model, preprocess, weights_spec = parts(spec.arch)
-    state, sha = load_weights(weights_spec, weights)
+        model, preprocess = (_torchvision_model if spec.library == "torchvision" else _timm_model)(spec.arch)
     if state is not None:
         model.load_state_dict(state, strict=True)
     if spec.library == "torchvision":

@@ -17,6 +17,7 @@ done exactly when its failures file exists, and it is written after the shard.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import threading
@@ -37,7 +38,7 @@ from prefect.tasks import exponential_backoff
 from extractors.extract import ClipJob, ExtractConfig, Extractors, extract_features
 from flows import PROJECT_ROOT
 from flows.common import (add_runner_arguments, digest, file_digest, frame_digest, key_of, link_dir, results_dir,
-                          runner_from_arguments, short, source_digest)
+                          runner_from_arguments, short, source_digest, task_runner)
 from pipeline.acquire import AcquireConfig, acquire, availability_failures, available_sources
 from pipeline.demo import LABELS_FILE, DemoConfig, write_demo
 from pipeline.failures import Failure, failures_frame, read_failures, write_failures
@@ -222,7 +223,7 @@ def _summary(outcome: FeatureSetOutcome, extract: ExtractConfig) -> str:
             f"| failure kind | records |\n|---|---|\n{kinds}\n")
 
 
-@flow(name="build-features", log_prints=True)
+@flow(name="build-features", log_prints=True, task_runner=task_runner("thread"))
 def build_features(
     manifest: Path | None = None,
     demo_clips: int = 120,
@@ -288,7 +289,7 @@ def build_features(
     create_markdown_artifact(summary, key="build-features-summary", description="clips asked, obtained, extracted, failed")
     link_dir(outcome.shards, key="build-features-shards", text=f"feature shards ({outcome.extracted} clips)")
     print(f"{outcome.extracted}/{outcome.asked} clips extracted into {outcome.shards}; "
-          f"shard tasks {outcome.shard_states}, reused from disk {outcome.reused_on_disk}")
+          f"shard tasks {json.dumps(outcome.shard_states)}, reused from disk {outcome.reused_on_disk}")
     return outcome
 
 

@@ -1,5 +1,171 @@
-from flows import PROJECT_ROOT
-from prefect import flow
-@flow(name="train-eval")
-def train_eval(n: int = 1) -> int:
-    return n
+"""``train-eval``: feature shards -> HSC-MAE, its ablations and the baselines over seeds -> results.
+
+    python -m flows.train_eval                                   # built-in synthetic set
+    python -m flows.train_eval --features outputs/features/<key>/shards
+    python -m flows.train_eval --config experiment.yaml --seeds 0 1 --epochs 5
+
+Runs in Prefect's embedded mode when no ``PREFECT_API_URL`` is set: no server needed.
+One task per method x seed (``hscmae.experiment.run_one``); each one's cache key hashes the
+shards' bytes, the resolved method config, the seed, the evaluation settings and the source
+of ``hscmae`` (plus the run directory its checkpoint goes to). The run lands in
+``<runs_root>/run-<hash>/`` (config, metrics, checkpoints, results.md/.csv, plots, log);
+the results table and links to the plots are artifacts of the flow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import (add_runner_arguments, digest, files_digest, key_of, link_dir, link_files, results_dir,
+                          runner_from_arguments, short, source_digest, task_runner)
+from hscmae.experiment import ExperimentConfig, MethodResult, PreparedData, prepare, run_one, summarise
+from hscmae.synthetic import SyntheticConfig, write_synthetic
+from pipeline.shards import shard_paths
+
+TRAIN_CODE = ("hscmae", "pipeline.shards", "pipeline.splits")
+SYNTHETIC_CODE = ("hscmae.synthetic",)
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """One method x seed of an experiment; ``key`` is its cache key."""
+
+    key: str
+    method: str
+    seed: int
+    run_dir: Path
+    config: ExperimentConfig
+
+
+@dataclass
+class TrainEvalOutcome:
+    """The flow's result: the run directory and its Markdown results table."""
+
+    run_dir: Path
+    table: str
+    task_states: dict[str, int]
+
+
+@task(name="synthetic-data", cache_policy=key_of("key"), persist_result=True)
+def synthetic_data(key: str, config: SyntheticConfig, root: Path) -> Path:
+    """Generate the built-in feature set (once; later runs find it on disk)."""
+    return write_synthetic(config, root)
+
+
+@task(name="prepare-data", cache_policy=NO_CACHE, persist_result=False)
+def prepare_data(config: ExperimentConfig) -> PreparedData:
+    """Load the shards, carve val from train if absent, pad each split."""
+    return prepare(config)
+
+
+@task(name="train-eval-method", task_run_name="{job.method}-seed{job.seed}", cache_policy=key_of("job"),
+      persist_result=True)
+def train_method(job: RunJob, data: PreparedData) -> MethodResult:
+    """Train (or solve) one method with one seed, select on val, evaluate on test once."""
+    return run_one(job.method, job.seed, data, job.run_dir, config=job.config, progress=False)
+
+
+@task(name="summarise", cache_policy=key_of("key"), persist_result=True)
+def summarise_run(key: str, results: list[MethodResult], data: PreparedData, config: ExperimentConfig,
+                  run_dir: Path) -> Path:
+    """Write config, metrics, tables, plots and log into the run directory."""
+    return summarise(results, data, config, run_dir)
+
+
+def experiment_key(config: ExperimentConfig, data_key: str) -> str:
+    """Hash of what decides the whole run: the data's bytes, the settings, the code (not path strings)."""
+    settings = {k: v for k, v in config.to_dict().items()
+                if k not in ("shards", "synthetic", "data_root", "runs_root", "run_dir")}
+    return digest("train-eval", data_key, settings, source_digest(*TRAIN_CODE))
+
+
+def method_key(config: ExperimentConfig, data_key: str, method: str, seed: int, run_dir: Path) -> str:
+    """Hash of what decides one method x seed: data, method config, seed, evaluation settings, code, run dir."""
+    return digest("train-eval-method", data_key, config.method_config(method).to_dict(), seed,
+                  config.val_fraction, config.split_seed, config.posthoc_cca, source_digest(*TRAIN_CODE),
+                  str(run_dir.resolve()))
+
+
+@flow(name="train-eval", log_prints=True, task_runner=task_runner("thread"))
+def train_eval(config: ExperimentConfig = ExperimentConfig()) -> TrainEvalOutcome:
+    """Train and evaluate every method x seed of ``config`` and write the run directory.
+
+    Args:
+        config: the experiment (``hscmae.experiment.ExperimentConfig``): shards (None: the built-in
+            synthetic set), methods, seeds, val carving, post-hoc CCA, epochs override, run folder.
+    """
+    runs_root = Path(config.runs_root).resolve()
+    if config.shards is None:
+        synthetic_key = digest("synthetic", config.synthetic, source_digest(*SYNTHETIC_CODE))
+        source = synthetic_data.with_options(result_storage=results_dir(config.data_root))(
+            synthetic_key, config.synthetic, Path(config.data_root).resolve())
+        config = dataclasses.replace(config, shards=str(source))
+    data_key = files_digest(shard_paths(config.shards))
+    key = experiment_key(config, data_key)
+    run_dir = Path(config.run_dir) if config.run_dir is not None else runs_root / f"run-{short(key)}"
+    storage = results_dir(runs_root)
+
+    data = prepare_data.submit(config)
+    jobs = [RunJob(key=method_key(config, data_key, method, seed, run_dir), method=method, seed=seed,
+                   run_dir=run_dir, config=config)
+            for method in config.methods for seed in config.seeds]
+    futures = [train_method.with_options(result_storage=storage).submit(job, data) for job in jobs]
+    results = [f.result() for f in futures]
+    summary_key = digest("summarise", [job.key for job in jobs], str(run_dir.resolve()))
+    summarise_run.with_options(result_storage=storage)(summary_key, results, data, config, run_dir)
+
+    table = (run_dir / "results.md").read_text()
+    create_markdown_artifact(f"## Results\n\n{table}\nRun directory: `{run_dir}`", key="train-eval-results",
+                             description="retrieval mAP on test, mean ± std over seeds")
+    link_files(sorted((run_dir / "plots").glob("*.png")) + [run_dir / "results.md", run_dir / "results.csv",
+                                                          run_dir / "metrics.json", run_dir / "log.jsonl"],
+               key="train-eval-files", title="Plots and tables")
+    link_dir(run_dir, key="train-eval-run", text=f"run directory {run_dir.name}")
+    states: dict[str, int] = {}
+    for future in futures:
+        states[future.state.name] = states.get(future.state.name, 0) + 1
+    print(f"run directory {run_dir}; method x seed tasks {states}\n\n{table}")
+    return TrainEvalOutcome(run_dir=run_dir, table=table, task_states=states)
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> ExperimentConfig:
+    """An ``ExperimentConfig`` from a JSON or YAML file (optional), with command-line overrides on top."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        text = path.read_text()
+        loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: an experiment config must be a mapping of settings, got {type(loaded).__name__}")
+        data.update(loaded)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return ExperimentConfig.from_dict(data)
+
+
+def main(argv: list[str] | None = None) -> TrainEvalOutcome:
+    parser = argparse.ArgumentParser(prog="python -m flows.train_eval", description=__doc__.splitlines()[0])
+    parser.add_argument("--features", type=Path, help="feature shards (a folder or file); default: the built-in synthetic set")
+    parser.add_argument("--config", type=Path, help="experiment config, JSON or YAML (ExperimentConfig fields)")
+    parser.add_argument("--methods", nargs="+", help="methods to run (default: all)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 1 2)")
+    parser.add_argument("--epochs", type=int, help="override every trainable method's epochs")
+    parser.add_argument("--runs-root", help="where run directories go (default: runs)")
+    add_runner_arguments(parser)
+    args = parser.parse_args(argv)
+    config = load_config(args.config, {
+        "shards": str(args.features) if args.features else None, "methods": args.methods, "seeds": args.seeds,
+        "epochs": args.epochs, "runs_root": args.runs_root})
+    return train_eval.with_options(task_runner=runner_from_arguments(args))(config)
+
+
+if __name__ == "__main__":
+    main()

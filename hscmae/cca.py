@@ -13,6 +13,7 @@ Computed through thin SVDs of the centred data, so 2048-d inputs with fewer rows
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,43 +61,53 @@ def _float64(a: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
     return out.astype(np.float64, copy=False)
 
 
-def _whitening(centred: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Thin SVD ``centred = U S V'`` (null directions dropped): returns ``U S``, ``V`` and
-    ``f = (S^2/(N-1) + r)^-1/2``.
+def _spectrum(centred: np.ndarray, ridge_zero: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Thin SVD ``centred = U S V'`` with null directions dropped: ``U S``, ``V``, ``S^2/(N-1)`` and the mean variance.
 
-    The regularised covariance ``C = V diag(S^2/(N-1)) V' + r I`` then has ``C^-1/2 V = V diag(f)``.
-    The SVD comes from the eigendecomposition of the smaller of ``X'X`` and ``XX'``.
+    Comes from the eigendecomposition of the smaller of ``X'X`` and ``XX'``; the regularised
+    covariance ``C = V diag(S^2/(N-1)) V' + r I`` then has ``C^-1/2 V = V diag((S^2/(N-1) + r)^-1/2)``.
     """
     n, d = centred.shape
     wide = n < d
     values, vectors = np.linalg.eigh(centred @ centred.T if wide else centred.T @ centred)
-    reg = ridge * values.sum() / (n - 1) / d  # ridge * mean variance
+    mean_var = values.sum() / (n - 1) / d
     keep = values > 1e-12 * values[-1]
-    if ridge == 0 and (n - 1 < d or not keep.all()):
+    if ridge_zero and (n - 1 < d or not keep.all()):
         raise ValueError(f"covariance is singular ({n} rows for {d} dims or collinear columns); use ridge > 0")
     values, vectors = values[keep], vectors[:, keep]
     s = np.sqrt(values)
     us, v = (vectors * s, centred.T @ vectors / s) if wide else (centred @ vectors, vectors)
-    return us, v, 1.0 / np.sqrt(values / (n - 1) + reg)
+    return us, v, values / (n - 1), mean_var
 
 
-def fit_cca(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, *, k: int, ridge: float = 1e-3) -> LinearCCA:
-    """Fit linear CCA on paired training data ``x: [N, Dx]``, ``y: [N, Dy]`` keeping ``k`` dims.
+def fit_cca_path(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, *, k: int,
+                 ridges: Sequence[float]) -> list[LinearCCA]:
+    """Fit linear CCA on paired training data ``x: [N, Dx]``, ``y: [N, Dy]`` keeping ``k`` dims, once per ridge.
 
-    ``ridge >= 0`` is relative to each side's mean variance; ``ridge=0`` is plain CCA and needs
-    full-rank covariances (``N > D``).
+    Each ``ridge >= 0`` is relative to each side's mean variance; ``ridge=0`` is plain CCA and
+    needs full-rank covariances (``N > D``). The decompositions are shared by all ridges.
     """
     x, y = _float64(x, "x"), _float64(y, "y")
     if len(x) != len(y) or len(x) < 2:
         raise ValueError(f"x and y need the same number of rows (>= 2), got {len(x)} and {len(y)}")
     if not 1 <= k <= min(x.shape[1], y.shape[1], len(x)):
         raise ValueError(f"k={k} must be in [1, min(Dx, Dy, N)={min(x.shape[1], y.shape[1], len(x))}]")
-    if ridge < 0:
-        raise ValueError(f"ridge must be >= 0, got {ridge}")
+    if not ridges or min(ridges) < 0:
+        raise ValueError(f"ridges must be >= 0, got {list(ridges)}")
     mean_x, mean_y = x.mean(axis=0), y.mean(axis=0)
-    # T = Cxx^-1/2 Cxy Cyy^-1/2 = Vx M Vy' with the small M below; only the data's span matters
-    usx, vx, fx = _whitening(x - mean_x, ridge)
-    usy, vy, fy = _whitening(y - mean_y, ridge)
-    p, s, qt = np.linalg.svd(fx[:, None] * (usx.T @ usy) * fy[None, :] / (len(x) - 1))
-    return LinearCCA(mean_x=mean_x, mean_y=mean_y, proj_x=vx @ (fx[:, None] * p[:, :k]),
-                     proj_y=vy @ (fy[:, None] * qt[:k].T), correlations=s[:k].copy())
+    usx, vx, var_x, mean_var_x = _spectrum(x - mean_x, min(ridges) == 0)
+    usy, vy, var_y, mean_var_y = _spectrum(y - mean_y, min(ridges) == 0)
+    cross = usx.T @ usy / (len(x) - 1)
+    fitted = []
+    for ridge in ridges:
+        # T = Cxx^-1/2 Cxy Cyy^-1/2 = Vx M Vy' with the small M below; only the data's span matters
+        fx, fy = 1.0 / np.sqrt(var_x + ridge * mean_var_x), 1.0 / np.sqrt(var_y + ridge * mean_var_y)
+        p, s, qt = np.linalg.svd(fx[:, None] * cross * fy[None, :])
+        fitted.append(LinearCCA(mean_x=mean_x, mean_y=mean_y, proj_x=vx @ (fx[:, None] * p[:, :k]),
+                                proj_y=vy @ (fy[:, None] * qt[:k].T), correlations=s[:k].copy()))
+    return fitted
+
+
+def fit_cca(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, *, k: int, ridge: float = 1e-3) -> LinearCCA:
+    """Fit linear CCA with one ``ridge`` (see :func:`fit_cca_path`)."""
+    return fit_cca_path(x, y, k=k, ridges=[ridge])[0]

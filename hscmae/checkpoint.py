@@ -91,10 +91,11 @@ def save_checkpoint(directory: Path, *, epoch: int, modules: Mapping[str, nn.Mod
             shutil.rmtree(old)
 
 
-def load_checkpoint(directory: Path, *, modules: Mapping[str, nn.Module],
-                    optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Tensor]] | None:
+def load_checkpoint(directory: Path, *, modules: Mapping[str, nn.Module], optimizer: torch.optim.Optimizer,
+                    identity: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]] | None:
     """Restore ``modules`` and ``optimizer`` from the last complete checkpoint.
 
+    ``identity`` (config, seed, data sizes) must equal what the checkpoint recorded, else ``ValueError``.
     Returns ``(state, rng)`` or ``None`` when ``directory`` holds no checkpoint yet.
     """
     last = directory / LAST
@@ -104,9 +105,12 @@ def load_checkpoint(directory: Path, *, modules: Mapping[str, nn.Module],
     if not EPOCH_DIR.match(name):
         raise ValueError(f"{last}: names {name!r}, not an epoch directory")
     source = directory / name
+    state = json.loads((source / "state.json").read_text())
+    mismatch = [k for k in identity if state.get(k) != identity[k]]
+    if mismatch:
+        raise ValueError(f"{directory}: checkpoint was made with a different {mismatch}; use another directory")
     for key, module in modules.items():
         load_module(source / f"{key}.safetensors", module)
-    state = json.loads((source / "state.json").read_text())
     # Loaded on the CPU: load_state_dict moves moment tensors to each parameter's device itself.
     _load_optimizer(optimizer, load_file(str(source / "optimizer.safetensors")), state.pop("optimizer"))
     return state, load_file(str(source / "rng.safetensors"))

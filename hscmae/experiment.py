@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from hscmae.cca import fit_cca
+from hscmae.cca import LinearCCA, fit_cca_path
 from hscmae.checkpoint import BEST
 from hscmae.config import MethodConfig, methods
 from hscmae.data import ClipArrays
@@ -51,7 +51,7 @@ class ExperimentConfig:
         seeds: one run per method and seed.
         val_fraction, split_seed: val carved from train (stratified) when the data have no val split.
         posthoc_cca: also report metrics after linear CCA fit on the TRAIN embeddings.
-        epochs: overrides every trainable method's epoch count (quick runs); ``None`` keeps theirs.
+        epochs, batch_size: override every trainable method's settings (quick runs); ``None`` keeps theirs.
         runs_root, run_dir: the run goes to ``run_dir``, or ``runs_root/<hash of this config>``.
     """
 
@@ -64,6 +64,7 @@ class ExperimentConfig:
     split_seed: int = 0
     posthoc_cca: bool = True
     epochs: int | None = None
+    batch_size: int | None = None
     runs_root: str = "runs"
     run_dir: str | None = None
 
@@ -74,8 +75,9 @@ class ExperimentConfig:
             raise ValueError(f"unknown or no methods {unknown}; known: {sorted(known)}")
         if not self.seeds:
             raise ValueError("seeds must name at least one seed")
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1 or None, got {self.epochs}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -92,11 +94,10 @@ class ExperimentConfig:
         return cls(**data)
 
     def method_config(self, name: str) -> MethodConfig:
-        """The resolved config of method ``name`` (with the ``epochs`` override applied)."""
+        """The resolved config of method ``name`` (with the ``epochs``/``batch_size`` overrides applied)."""
         method = methods()[name]
-        if self.epochs is not None and method.kind == "trainable":
-            method = dataclasses.replace(method, train=dataclasses.replace(method.train, epochs=self.epochs))
-        return method
+        changes = {k: v for k, v in (("epochs", self.epochs), ("batch_size", self.batch_size)) if v is not None}
+        return dataclasses.replace(method, train=dataclasses.replace(method.train, **changes))
 
     def resolved_run_dir(self) -> Path:
         if self.run_dir is not None:
@@ -147,16 +148,14 @@ def prepare(config: ExperimentConfig) -> PreparedData:
     return PreparedData(**arrays, info=data_info(features.meta, counts, str(source), config.seeds))
 
 
-def _run_linear_cca(method: MethodConfig, data: PreparedData, folder: Path) -> tuple[Any, list[dict], int, float]:
+def _run_linear_cca(method: MethodConfig, data: PreparedData, folder: Path) -> tuple[LinearCCA, list[dict], int, float]:
     """Fit linear CCA on pooled TRAIN features for each ridge; keep the best on val; save it."""
     (train_a, train_v), (val_a, val_v) = data.train.pooled(), data.val.pooled()
     k = min(method.model.latent, train_a.shape[1], train_v.shape[1])
-    history, fitted = [], []
-    for ridge in CCA_RIDGES:
-        cca = fit_cca(train_a, train_v, k=k, ridge=ridge)
-        history.append({"ridge": ridge, "val_score": retrieval_score(cca.transform_x(val_a), cca.transform_y(val_v),
-                                                                     data.val.label_id)})
-        fitted.append(cca)
+    fitted = fit_cca_path(train_a, train_v, k=k, ridges=CCA_RIDGES)
+    history = [{"ridge": ridge, "val_score": retrieval_score(cca.transform_x(val_a), cca.transform_y(val_v),
+                                                             data.val.label_id)}
+               for ridge, cca in zip(CCA_RIDGES, fitted)]
     best = int(np.argmax([h["val_score"] for h in history]))
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / BEST) as tmp:
@@ -168,7 +167,7 @@ def run_one(method_name: str, seed: int, data: PreparedData, run_dir: str | Path
             config: ExperimentConfig | None = None, progress: bool = True) -> MethodResult:
     """Train (or solve) one method with one seed, select on val, evaluate on test once.
 
-    ``config`` supplies the ``epochs`` override and ``posthoc_cca`` (default: ``ExperimentConfig()``).
+    ``config`` supplies the ``epochs``/``batch_size`` overrides and ``posthoc_cca`` (default: ``ExperimentConfig()``).
     The selected model is saved as ``run_dir/checkpoints/<method>-seed<seed>/best.safetensors``.
     """
     config = config or ExperimentConfig(methods=[method_name])

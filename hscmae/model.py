@@ -3,8 +3,8 @@
 Inputs are per-clip vectors pooled over seconds, standardised with training-set statistics held in
 buffers (so a saved model embeds raw features on its own). Masking makes the student's view:
 
-- ``"element"`` (default): in each clip's standardised vector, ``round(ratio * D)`` entries chosen at
-  random are set to 0 (the training mean). The *masked entries* are exactly those entries.
+- ``"element"`` (default): each entry of a clip's standardised vector is set to 0 (the training
+  mean) with probability ``ratio``. The *masked entries* are exactly those entries.
 - ``"time"``: ``round(ratio * T_i)`` of a clip's valid seconds (at most ``T_i - 1``) are left out of
   its pooled mean. Dropping seconds changes every entry of the pooled vector, so here the *masked
   entries* are all ``D`` entries of each clip that lost at least one second (clips with one second
@@ -64,6 +64,9 @@ class HSCMAE(nn.Module):
         for m, d in self.in_dims.items():
             self.register_buffer(f"{m}_mean", torch.zeros(d))
             self.register_buffer(f"{m}_std", torch.ones(d))
+            # Output map applied by embed(): identity unless set_output_projection() installs a CCA one.
+            self.register_buffer(f"{m}_out_center", torch.zeros(config.latent))
+            self.register_buffer(f"{m}_out_matrix", torch.eye(config.latent))
 
     def set_input_stats(self, pooled: Mapping[str, np.ndarray]) -> None:
         """Store per-dimension mean and std of training features ``pooled[m]: [N, D]``.
@@ -94,20 +97,27 @@ class HSCMAE(nn.Module):
         latent = self.forward_encoder(x)
         return StudentOutput(latent=latent, recon=self.forward_decoder(latent))
 
+    def set_output_projection(self, center: Mapping[str, Tensor] | None = None,
+                              matrix: Mapping[str, Tensor] | None = None) -> None:
+        """Make :meth:`embed` return ``(z - center[m]) @ matrix[m]`` (``[L]``, ``[L, L]``); None resets to identity."""
+        for m in MODALITIES:
+            latent = self.config.latent
+            getattr(self, f"{m}_out_center").copy_(torch.zeros(latent) if center is None else center[m])
+            getattr(self, f"{m}_out_matrix").copy_(torch.eye(latent) if matrix is None else matrix[m])
+
     def embed(self, raw: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Raw pooled clean features ``[B, D]`` -> latents ``[B, L]``."""
-        return self.forward_encoder(self.standardize(raw))
+        """Raw pooled clean features ``[B, D]`` -> output embeddings ``[B, L]``."""
+        z = self.forward_encoder(self.standardize(raw))
+        return {m: (z[m] - getattr(self, f"{m}_out_center")) @ getattr(self, f"{m}_out_matrix") for m in MODALITIES}
 
 
 def mask_elements(x: Tensor, *, ratio: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Zero ``round(ratio * D)`` random entries per row of ``x: [B, D]``.
+    """Zero each entry of ``x: [B, D]`` independently with probability ``ratio``.
 
     Returns the masked view ``[B, D]`` and the mask ``[B, D]`` (True = masked). Noise is drawn on the
     CPU from ``generator`` so runs repeat exactly on any device.
     """
-    count = round(ratio * x.shape[1])
-    noise = torch.rand(x.shape, generator=generator).to(x.device)
-    mask = noise.argsort(dim=1).argsort(dim=1) < count
+    mask = (torch.rand(x.shape, generator=generator) < ratio).to(x.device)
     return x.masked_fill(mask, 0.0), mask
 
 

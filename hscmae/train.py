@@ -184,6 +184,21 @@ def train_one_epoch(run: _Run, data: dict[str, Tensor], *, epoch: int, step: int
 
 
 @torch.no_grad()
+def fit_cca_projection(model: HSCMAE, train: ClipArrays, *, ridge: float) -> None:
+    """Install a linear CCA of the clean training latents as ``model``'s output map.
+
+    Without the local (InfoNCE) term nothing ties the two modalities' latent coordinates together:
+    deep CCA is blind to any invertible linear map of either side. Its learned latents are
+    compared after linear CCA (Andrew et al. 2013), fitted here on the training clips.
+    """
+    model.set_output_projection(None)
+    audio, visual = (torch.from_numpy(z) for z in embed(model, train))
+    w_audio, w_visual = losses.canonical_projections(audio, visual, ridge=ridge)
+    model.set_output_projection(center={"audio": audio.mean(0), "visual": visual.mean(0)},
+                                matrix={"audio": w_audio.float(), "visual": w_visual.float()})
+
+
+@torch.no_grad()
 def embed(model: HSCMAE, data: ClipArrays, *, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Embed clean inputs: ``(audio [N, L], visual [N, L])`` float32 latents (not normalised)."""
     was_training = model.training
@@ -240,13 +255,9 @@ def fit(method: MethodConfig, train: ClipArrays, val: ClipArrays, *, seed: int, 
     best_state = None
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)
-        resumed = load_checkpoint(checkpoint_dir, modules=run.modules(), optimizer=run.optimizer)
+        resumed = load_checkpoint(checkpoint_dir, modules=run.modules(), optimizer=run.optimizer, identity=identity)
         if resumed is not None:
             state, rng = resumed
-            mismatch = [k for k in identity if state[k] != identity[k]]
-            if mismatch:
-                raise ValueError(f"{checkpoint_dir}: checkpoint was made with a different {mismatch}; "
-                                 f"use another checkpoint_dir")
             torch.set_rng_state(rng["torch"])
             run.generator.set_state(rng["generator"])
     bar = tqdm(total=method.train.epochs, initial=state["epoch"], desc=f"{method.name} seed {seed}",
@@ -254,6 +265,8 @@ def fit(method: MethodConfig, train: ClipArrays, val: ClipArrays, *, seed: int, 
     for epoch in range(state["epoch"], method.train.epochs):
         start = time.perf_counter()
         stats = train_one_epoch(run, data, epoch=epoch, step=state["step"])
+        if not method.loss.use_local:
+            fit_cca_projection(run.student, train, ridge=method.loss.cca_ridge)
         score = float(scorer(*embed(run.student, val), val.label_id))
         if not math.isfinite(score):
             raise FloatingPointError(f"{method.name}: scorer returned {score} on val at epoch {epoch}")

@@ -30,7 +30,7 @@ from pipeline.atomic import atomic_path
 META_KEY = b"hscmae"
 MODALITIES = ("audio", "visual")
 SPLITS = ("train", "val", "test")
-CLIP_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
+CLIP_ID_PATTERN = re.compile(r"^(?!\.+$)[A-Za-z0-9_.-]+$")  # safe as a file name; not "." or ".."
 REQUIRED_COLUMNS = (
     "clip_id", "label", "label_id", "split", "audio", "visual", "audio_seconds", "visual_seconds",
 )

@@ -19,6 +19,12 @@ def stratified_holdout(labels: Sequence[object] | np.ndarray, fraction: float, s
     values, counts = np.unique(labels, return_counts=True)
     if (counts < 2).any():
         raise ValueError(f"cannot stratify: class {str(values[counts < 2][0])!r} has only one item")
+    held_count = int(np.ceil(fraction * len(labels)))
+    if min(held_count, len(labels) - held_count) < len(values):
+        raise ValueError(
+            f"cannot stratify {len(labels)} items of {len(values)} classes with fraction {fraction}: "
+            f"{held_count} held out and {len(labels) - held_count} kept, but each side needs one item per class"
+        )
     _, held = train_test_split(np.arange(len(labels)), test_size=fraction, stratify=labels, random_state=seed)
     mask = np.zeros(len(labels), dtype=bool)
     mask[held] = True

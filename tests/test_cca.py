@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.cross_decomposition import CCA
 
-from hscmae.cca import LinearCCA, fit_cca
+from hscmae.cca import LinearCCA, fit_cca, fit_cca_path
 
 
 def paired(seed: int, n: int = 600, dx: int = 8, dy: int = 6, shared: int = 3):
@@ -88,3 +88,28 @@ def test_bad_arguments():
         fit_cca(x, y, k=7)
     with pytest.raises(ValueError, match="same number of rows"):
         fit_cca(x, y[:-1], k=2)
+
+
+def dense_ridge_correlations(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
+    """Textbook ridge CCA with full D x D matrices: singular values of ``Cxx^-1/2 Cxy Cyy^-1/2``."""
+    def inv_sqrt(c: np.ndarray) -> np.ndarray:
+        reg = c + ridge * np.trace(c) / len(c) * np.eye(len(c))
+        values, vectors = np.linalg.eigh(reg)
+        return (vectors / np.sqrt(values)) @ vectors.T
+
+    xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
+    n = len(x) - 1
+    return np.linalg.svd(inv_sqrt(xc.T @ xc / n) @ (xc.T @ yc / n) @ inv_sqrt(yc.T @ yc / n), compute_uv=False)
+
+
+@pytest.mark.parametrize("rows", [40, 300])  # wider than tall, and taller than wide
+def test_ridge_path_equals_textbook_dense_ridge_cca(rows):
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(size=(rows, 60)), rng.normal(size=(rows, 50))
+    y[:, :5] += x[:, :5]
+    ridges = [1e-2, 1e-1, 1.0]
+    for ridge, cca in zip(ridges, fit_cca_path(x, y, k=10, ridges=ridges)):
+        np.testing.assert_allclose(cca.correlations, dense_ridge_correlations(x, y, ridge)[:10], atol=1e-9)
+        u, v = cca.transform_x(x), cca.transform_y(y)
+        # covariance of each variate pair is a' Cxy b = p' T q, the singular value
+        assert np.all(np.sum(u * v, axis=0) / (rows - 1) == pytest.approx(cca.correlations, rel=1e-9))

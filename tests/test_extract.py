@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from extractors.extract import ClipJob, ExtractConfig, Extractors, _prefetched, extract_features
+from extractors.extract import ClipJob, ExtractConfig, Extractors, prefetch, extract_features
 from pipeline.failures import Failure
 from pipeline.media import Segment, SegmentConfig, segment_clip
 from pipeline.shards import load_feature_set, uses_random_weights
@@ -108,7 +108,7 @@ def test_prefetch_is_bounded_and_in_order() -> None:
             yield ClipJob(clip_id=f"c{i}", label="x", label_id=0, split="train", load=loader(i))
 
     seen = []
-    for job_, value in _prefetched(jobs(), workers=2, depth=5):
+    for job_, value in prefetch(jobs(), workers=2, depth=5):
         # When clip k comes out, at most the next 5 clips have been submitted.
         assert len(started) <= value + 1 + 5
         seen.append(value)

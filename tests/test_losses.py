@@ -57,6 +57,18 @@ def test_cca_loss_is_minus_sum_of_top_k():
     assert float(losses.cca_loss(t1, t2, k=None, ridge=1e-12)) == pytest.approx(-ref.sum(), abs=1e-8)
 
 
+def test_canonical_projections_give_canonical_variates():
+    h1, h2 = _correlated(300, 6)
+    w1, w2 = losses.canonical_projections(torch.tensor(h1), torch.tensor(h2), ridge=1e-12)
+    u1 = (h1 - h1.mean(0)) @ w1.numpy()
+    u2 = (h2 - h2.mean(0)) @ w2.numpy()
+    cov = np.cov(np.hstack([u1, u2]).T)
+    k = u1.shape[1]
+    np.testing.assert_allclose(cov[:k, :k], np.eye(k), atol=1e-8)
+    np.testing.assert_allclose(cov[k:, k:], np.eye(k), atol=1e-8)
+    np.testing.assert_allclose(cov[:k, k:], np.diag(_qr_reference(h1, h2)), atol=1e-8)
+
+
 def test_cca_loss_gradient_matches_finite_differences():
     h1, h2 = _correlated(40, 3)
     t1 = torch.tensor(h1, requires_grad=True)

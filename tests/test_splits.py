@@ -28,3 +28,8 @@ def test_carve_val_only_touches_train_and_keeps_existing_val():
 def test_class_with_one_item_is_named():
     with pytest.raises(ValueError, match="class 'z' has only one item"):
         stratified_holdout(["a", "a", "z"], 0.5, seed=0)
+
+
+def test_too_few_items_for_the_fraction_is_explained():
+    with pytest.raises(ValueError, match="6 items of 3 classes with fraction 0.2: 2 held out and 4 kept"):
+        stratified_holdout(["a", "a", "b", "b", "c", "c"], 0.2, seed=0)

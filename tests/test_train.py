@@ -53,14 +53,13 @@ def _drop_seconds(history):
 
 @pytest.mark.parametrize("name", ["hscmae", "dcca", "clip", "cav-mae"])
 def test_training_beats_the_untrained_model(name):
-    method = _small(name, epochs=6)
-    torch.manual_seed(0)
-    untrained = fit(dataclasses.replace(method, train=dataclasses.replace(method.train, lr=1e-12)),
+    method = _small(name, epochs=12)
+    untrained = fit(dataclasses.replace(method, train=dataclasses.replace(method.train, lr=1e-12, epochs=1)),
                     TRAIN, VAL, seed=0, scorer=recall_at_1, progress=False)
     result = fit(method, TRAIN, VAL, seed=0, scorer=recall_at_1, progress=False)
     before = recall_at_1(*embed(untrained.model, VAL), VAL.label_id)
     after = recall_at_1(*embed(result.model, VAL), VAL.label_id)
-    assert after > before + 0.1 and after > 0.3, (before, after)
+    assert after > before + 0.2 and after > 0.4, (before, after)
     best = result.history[result.best_epoch]["val_score"]
     assert after == pytest.approx(best) and best == max(h["val_score"] for h in result.history)
     assert set(result.history[0]) >= set(method.loss.active) | {"total", "weights", "val_score", "seconds"}
@@ -160,9 +159,9 @@ def test_schedules_and_ema_update():
     assert ema_momentum(5, total_steps=10, start=0.95, end=0.999) == pytest.approx((0.95 + 0.999) / 2)
     assert ema_momentum(10, total_steps=10, start=0.95, end=0.999) == pytest.approx(0.999)
     teacher, student = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
-    expected_bias = 0.9 * float(teacher.bias) + 0.1 * float(student.bias)
+    expected_bias = 0.9 * float(teacher.bias.detach()) + 0.1 * float(student.bias.detach())
     with torch.no_grad():
         teacher.weight.fill_(1.0), student.weight.fill_(3.0)
     ema_update(teacher, student, 0.9)
-    assert teacher.weight.detach().tolist() == pytest.approx([[0.9 * 1.0 + 0.1 * 3.0] * 2])
+    assert teacher.weight.detach().flatten().tolist() == pytest.approx([0.9 * 1.0 + 0.1 * 3.0] * 2)
     assert float(teacher.bias.detach()) == pytest.approx(expected_bias)

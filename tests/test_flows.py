@@ -1,0 +1,284 @@
+"""The Prefect flows against a real local stack (`python -m flows.local up` on 127.0.0.1).
+
+One stack serves the module: a server with its own Prefect home and SQLite, the process work
+pool, the deployments of prefect.yaml and a worker. The flows run on a small demo set (20
+clips of 2 s, plus one missing and one corrupt file) with random extractor weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import UUID
+
+import numpy as np
+import pandas as pd
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from extractors.extract import ExtractConfig, extract_features
+from flows import PROJECT_ROOT
+from flows.build_features import build_features, clip_jobs
+from flows.common import task_runner
+from flows.train_eval import train_eval
+from hscmae.experiment import ExperimentConfig, run_experiment
+from pipeline.acquire import AcquireConfig, acquire
+from pipeline.demo import LABELS_FILE, DemoConfig, write_demo
+from pipeline.folder import SplitConfig, build_folder_manifest
+from pipeline.manifest import write_manifest
+from pipeline.media import SegmentConfig
+from pipeline.shards import load_feature_set, read_shard
+
+CLIPS, SECONDS, PER_SHARD = 20, 2.0, 5  # 4 shards of 5 clips, plus a shard holding the two bad rows
+RANDOM = ExtractConfig(audio_weights="random", visual_weights="random")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A local Prefect stack in a temporary Prefect home; yields the environment that reaches it."""
+    home, port = tmp_path_factory.mktemp("prefect-home"), _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    local = [sys.executable, "-m", "flows.local"]
+    started = subprocess.run([*local, "up", "--port", str(port)], env=env, cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, timeout=240)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+            yield env
+    finally:
+        subprocess.run([*local, "down"], env=env, cwd=PROJECT_ROOT, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo set's manifest, plus a row whose file is missing and one whose file is not a video."""
+    folder = tmp_path_factory.mktemp("demo")
+    write_demo(folder, CLIPS, config=DemoConfig(seconds=SECONDS), workers=1)
+    frame = build_folder_manifest(folder, dataset="demo", split_file=folder / LABELS_FILE,
+                                  splitting=SplitConfig(val_fraction=0.0)).frame
+    (folder / "corrupt.mp4").write_bytes(b"not a video")
+    bad = frame.iloc[[0, 0]].assign(clip_id=["gone", "corrupt"], source=[str(folder / "gone.mp4"),
+                                                                         str(folder / "corrupt.mp4")])
+    path = folder / "manifest.parquet"
+    write_manifest(pd.concat([frame, bad], ignore_index=True), path)
+    return path
+
+
+def _run(out: Path, manifest: Path, **options: object):
+    """build-features in this process; returns the final state."""
+    return build_features(manifest=manifest, out=out, clips_per_shard=PER_SHARD, extract=options.pop("extract", RANDOM),
+                          return_state=True, **options)
+
+
+def _task_states(flow_run_id: UUID) -> dict[str, Counter]:
+    """Final state names of the flow run's task runs, by task name: ``{"extract-shard": Counter(...)}``."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    states: dict[str, Counter] = {}
+    for run in runs:
+        states.setdefault(run.name.rsplit("-", 1)[0], Counter())[run.state.name] += 1
+    return states
+
+
+def _artifacts(flow_run_id: UUID) -> dict[str, object]:
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {a.key: a for a in found if a.key}
+
+
+def _shard_bytes(shards: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(shards.glob("*.parquet"))}
+
+
+@pytest.fixture(scope="module")
+def first(stack: dict[str, str], manifest: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("features")
+    state = _run(out, manifest)
+    return out, state
+
+
+def test_build_features_completes_with_shards_matching_the_stage_functions(first, manifest: Path, tmp_path: Path) -> None:
+    out, state = first
+    assert state.is_completed(), state
+    outcome = state.result()
+    states = _task_states(state.state_details.flow_run_id)
+    assert states["acquire-shard"] == Counter(Completed=5) and states["extract-shard"] == Counter(Completed=5)
+    assert (outcome.asked, outcome.obtained, outcome.extracted) == (CLIPS + 2, CLIPS + 1, CLIPS)
+    assert outcome.failures_by_kind == {"missing": 1, "undecodable": 1}
+
+    # the reference: the same stage functions called directly, all clips in one go, no Prefect
+    frame = pd.read_parquet(manifest)
+    availability = acquire(frame, AcquireConfig(cache_dir=tmp_path / "media"))
+    reference = extract_features(clip_jobs(frame, availability, SegmentConfig()), tmp_path / "ref",
+                                 ExtractConfig(audio_weights="random", visual_weights="random", clips_per_shard=100))
+    expected = load_feature_set(reference.shards)
+    got = load_feature_set(outcome.shards)
+    assert list(got.clip_id) == list(expected.clip_id) == list(frame["clip_id"][:CLIPS])
+    assert list(got.split) == list(frame["split"][:CLIPS]) and list(got.label) == list(frame["label"][:CLIPS])
+    assert got.meta == expected.meta and got.meta["audio"]["weights"] == "random"
+    for name in ("audio", "visual"):
+        for a, b in zip(getattr(got, name), getattr(expected, name)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert sorted(f.kind for f in reference.failures) == ["undecodable"]  # "gone" never reached extraction
+
+
+def test_build_features_artifacts(first) -> None:
+    out, state = first
+    artifacts = _artifacts(state.state_details.flow_run_id)
+    assert artifacts["build-features-progress"].data == 100.0
+    table = json.loads(artifacts["build-features-failures"].data)
+    assert sorted((row["clip_id"], row["stage"], row["kind"]) for row in table) == [
+        ("corrupt", "segment", "undecodable"), ("gone", "acquire", "missing")]
+    summary = artifacts["build-features-summary"].data
+    for line in (f"| asked for | {CLIPS + 2} |", f"| obtained | {CLIPS + 1} |", f"| extracted | {CLIPS} |",
+                 "| failed | 2 |", "| missing | 1 |", "| undecodable | 1 |", "Random extractor weights"):
+        assert line in summary
+    shards = state.result().shards
+    assert shards.resolve().as_uri() in artifacts["build-features-shards"].data
+
+
+def test_second_run_is_cached_and_does_no_work(first, manifest: Path) -> None:
+    out, state = first
+    shards = state.result().shards
+    before = {p: p.stat().st_mtime_ns for p in shards.glob("*.parquet")}
+    again = _run(out, manifest)
+    assert again.is_completed()
+    states = _task_states(again.state_details.flow_run_id)
+    assert states["acquire-shard"] == Counter(Cached=5) and states["extract-shard"] == Counter(Cached=5)
+    assert again.result().shards == shards and again.result().extracted == CLIPS
+    assert {p: p.stat().st_mtime_ns for p in shards.glob("*.parquet")} == before
+
+
+def test_changed_extractor_config_recomputes_only_extraction(first, manifest: Path) -> None:
+    out, state = first
+    changed = _run(out, manifest, extract=ExtractConfig(audio_weights="random", visual_weights="random", seed=1))
+    states = _task_states(changed.state_details.flow_run_id)
+    assert states["acquire-shard"] == Counter(Cached=5) and states["extract-shard"] == Counter(Completed=5)
+    new, old = load_feature_set(changed.result().shards), load_feature_set(state.result().shards)
+    assert changed.result().shards.parent != state.result().shards.parent  # lands beside, not over
+    assert list(new.clip_id) == list(old.clip_id) and not np.allclose(new.visual[0], old.visual[0])
+
+
+def test_train_eval_matches_the_plain_experiment_and_is_cached(first, tmp_path: Path) -> None:
+    shards = first[1].result().shards
+    config = ExperimentConfig(shards=str(shards), methods=["hscmae", "linear-cca"], seeds=[0], epochs=2,
+                              val_fraction=0.5, runs_root=str(tmp_path / "runs"))
+    state = train_eval(config, return_state=True)
+    assert state.is_completed(), state
+    outcome = state.result()
+    flow_run_id = state.state_details.flow_run_id
+    states = _task_states(flow_run_id)
+    assert states["hscmae"] == Counter(Completed=1) and states["linear-cca"] == Counter(Completed=1)
+
+    # the same experiment without Prefect gives the same numbers
+    plain = run_experiment(ExperimentConfig(**{**config.to_dict(), "run_dir": str(tmp_path / "plain"),
+                                               "synthetic": config.synthetic}), progress=False)
+    got = json.loads((outcome.run_dir / "metrics.json").read_text())["aggregate"]
+    want = json.loads((plain / "metrics.json").read_text())["aggregate"]
+    assert got.keys() == want.keys() == {"hscmae", "linear-cca"}
+    for method in got:
+        for metric, stats in want[method].items():
+            assert got[method][metric]["mean"] == pytest.approx(stats["mean"], abs=1e-6), (method, metric)
+
+    artifacts = _artifacts(flow_run_id)
+    table = (outcome.run_dir / "results.md").read_text()
+    assert table in artifacts["train-eval-results"].data and "RANDOM WEIGHTS" in table
+    links = artifacts["train-eval-files"].data
+    for name in ("loss_curves.png", "pr_curves.png"):
+        plot = outcome.run_dir / "plots" / name
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.resolve().as_uri() in links
+    assert list((outcome.run_dir / "checkpoints").glob("*/best.safetensors"))
+
+    again = train_eval(config, return_state=True)
+    states = _task_states(again.state_details.flow_run_id)
+    assert states["hscmae"] == Counter(Cached=1) and states["linear-cca"] == Counter(Cached=1)
+    assert states["summarise"] == Counter(Cached=1)
+    assert again.result().table == outcome.table
+
+
+@pytest.mark.slow
+def test_dask_runner_gives_the_same_shards(first, manifest: Path, tmp_path: Path) -> None:
+    runner = task_runner("dask", workers=2)
+    state = build_features.with_options(task_runner=runner)(
+        manifest=manifest, out=tmp_path, clips_per_shard=PER_SHARD, extract=RANDOM, return_state=True)
+    assert state.is_completed(), state
+    got, want = load_feature_set(state.result().shards), load_feature_set(first[1].result().shards)
+    assert list(got.clip_id) == list(want.clip_id) and got.meta == want.meta
+    for name in ("audio", "visual"):
+        for a, b in zip(getattr(got, name), getattr(want, name)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _cli(manifest: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "flows.build_features", "--manifest", str(manifest), "--out", str(out),
+            "--clips-per-shard", str(PER_SHARD), "--weights", "random"]
+
+
+def _computed(output: str) -> int:
+    """Shards a CLI run extracted itself: Completed tasks that did not find their shard done on disk."""
+    found = re.search(r"shard tasks (\{.*?\}), reused from disk (\d+)", output)
+    assert found, output[-3000:]
+    return json.loads(found.group(1)).get("Completed", 0) - int(found.group(2))
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_identical_shards(stack: dict[str, str], first, manifest: Path, tmp_path: Path) -> None:
+    run = subprocess.Popen(_cli(manifest, tmp_path), env=stack, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not list(tmp_path.glob("features/*/shards/*.parquet")) and time.monotonic() < deadline:
+        assert run.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    shards_dir = next(tmp_path.glob("features/*/shards"))
+    left = sorted(shards_dir.glob("*.parquet"))
+    assert 1 <= len(left) < 5
+    for path in left:  # whatever is visible is whole
+        read_shard(path)
+    resumed = subprocess.run(_cli(manifest, tmp_path), env=stack, cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert _computed(resumed.stdout + resumed.stderr) <= 5 - len(left)
+    assert _shard_bytes(shards_dir) == _shard_bytes(first[1].result().shards)
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_share_the_work_without_corruption(stack: dict[str, str], first, manifest: Path,
+                                                               tmp_path: Path) -> None:
+    runs = [subprocess.Popen(_cli(manifest, tmp_path), env=stack, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert sum(_computed(o) for o in outputs) == 5  # every shard extracted once, by one of the two
+    shards_dir = next(tmp_path.glob("features/*/shards"))
+    assert _shard_bytes(shards_dir) == _shard_bytes(first[1].result().shards)
+
+
+@pytest.mark.slow
+def test_deployment_runs_on_the_worker(stack: dict[str, str], tmp_path: Path) -> None:
+    params = ["--param", "demo_clips=10", "--param", f"demo={json.dumps({'seconds': 2.0})}",
+              "--param", f"out={json.dumps(str(tmp_path))}"]
+    done = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run", "build-features/demo", *params,
+                           "--watch", "--watch-timeout", "300"], env=stack, cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=330)
+    assert done.returncode == 0 and "Completed" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    shards = load_feature_set(next(tmp_path.glob("features/*/shards")))
+    assert len(shards) == 10 and shards.meta["visual"]["weights"] == "random"

@@ -1,0 +1,99 @@
+"""The flows' plain helpers: content hashes, config loading, clip jobs. No Prefect server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from extractors.extract import ExtractConfig
+from flows.build_features import clip_jobs, extract_cache_config
+from flows.common import digest, file_digest, files_digest, frame_digest, source_digest
+from flows.train_eval import load_config
+from pipeline.media import Segment, SegmentConfig
+
+
+def test_digest_is_canonical_json_sha256() -> None:
+    config = SegmentConfig(fps=2.0)
+    expected = hashlib.sha256(json.dumps([{**config.__dict__, "frame_size": [224, 224]}, "x"],
+                                         sort_keys=True).encode()).hexdigest()
+    assert digest(config, "x") == expected
+    assert digest({"b": 1, "a": Path("/p")}) == digest({"a": "/p", "b": 1})  # key order and paths do not matter
+    assert digest(SegmentConfig(fps=2.0)) != digest(SegmentConfig(fps=1.0))
+
+
+def test_frame_digest_follows_rows_not_index() -> None:
+    frame = pd.DataFrame({"clip_id": ["a", "b"], "end": [1.0, np.nan]})
+    moved = frame.set_axis([10, 11])
+    assert frame_digest(frame) == frame_digest(moved)
+    changed = frame.assign(end=[1.0, 2.0])
+    assert frame_digest(changed) != frame_digest(frame)
+    assert frame_digest(frame.iloc[::-1]) != frame_digest(frame)  # order is part of a shard
+
+
+def test_file_digests_hash_bytes_not_names(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"same bytes")
+    b.write_bytes(b"same bytes")
+    assert file_digest(a) == file_digest(b) == hashlib.sha256(b"same bytes").hexdigest()
+    assert files_digest([a]) == files_digest([b])
+    b.write_bytes(b"other bytes")
+    assert files_digest([a]) != files_digest([b])
+
+
+def test_source_digest_hashes_the_module_files() -> None:
+    import pipeline.atomic as atomic
+
+    expected = hashlib.sha256(b"atomic.py" + Path(atomic.__file__).read_bytes()).hexdigest()
+    assert source_digest("pipeline.atomic") == expected
+    assert source_digest("extractors") != source_digest("pipeline.atomic")  # a package counts its modules
+
+
+def test_weights_files_are_keyed_by_content(tmp_path: Path) -> None:
+    first, second = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    first.write_bytes(b"weights")
+    second.write_bytes(b"weights")
+    key = extract_cache_config(ExtractConfig(visual_weights=str(first)))
+    assert key == extract_cache_config(ExtractConfig(visual_weights=str(second)))
+    assert key["visual_weights"] == hashlib.sha256(b"weights").hexdigest()
+    assert extract_cache_config(ExtractConfig(visual_weights="random"))["visual_weights"] == "random"
+
+
+def test_clip_jobs_cut_available_clips_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = pd.DataFrame({"clip_id": ["a", "b", "c"], "clip_start_s": [5.0, 1.0, 0.0], "clip_end_s": [9.0, 3.0, 2.0],
+                         "label": ["x", "y", "x"], "label_id": [0, 1, 0], "split": ["train", "test", "train"]})
+    availability = pd.DataFrame({"clip_id": ["a", "b", "c"], "outcome": ["downloaded", "present", "missing"],
+                                 "path": ["/m/a.mp4", "/m/b.mp4", ""], "local_start_s": [4.0, 0.0, 0.0]})
+    calls = []
+
+    def fake_segment(path: str, clip_id: str, start: float, end: float, config: SegmentConfig) -> Segment:
+        calls.append((path, clip_id, start, end))
+        return Segment(clip_id=clip_id, audio=np.zeros(1, np.float32), frames=np.zeros((1, 1, 1, 3), np.uint8),
+                       frame_times=np.zeros(1))
+
+    monkeypatch.setattr("flows.build_features.segment_clip", fake_segment)
+    jobs = clip_jobs(rows, availability, SegmentConfig())
+    assert [(j.clip_id, j.label, j.label_id, j.split) for j in jobs] == [("a", "x", 0, "train"), ("b", "y", 1, "test")]
+    for job in jobs:
+        job.load()
+    # a ranged download starting at 4 s holds clip a's 5..9 s at 1..5 s of the local file
+    assert calls == [("/m/a.mp4", "a", 1.0, 5.0), ("/m/b.mp4", "b", 1.0, 3.0)]
+
+
+def test_load_config_reads_yaml_and_json_with_overrides(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("methods: [hscmae, linear-cca]\nseeds: [3]\nepochs: 4\n")
+    (tmp_path / "c.json").write_text(json.dumps({"methods": ["dcca"], "val_fraction": 0.2}))
+    from_yaml = load_config(tmp_path / "c.yaml", {"seeds": [1, 2], "methods": None})
+    assert (from_yaml.methods, from_yaml.seeds, from_yaml.epochs) == (["hscmae", "linear-cca"], [1, 2], 4)
+    from_json = load_config(tmp_path / "c.json", {})
+    assert (from_json.methods, from_json.val_fraction) == (["dcca"], 0.2)
+    (tmp_path / "bad.yaml").write_text("- a list\n")
+    with pytest.raises(ValueError, match="bad.yaml"):
+        load_config(tmp_path / "bad.yaml", {})
+    (tmp_path / "typo.yaml").write_text("seedz: [1]\n")
+    with pytest.raises(ValueError, match="seedz"):
+        load_config(tmp_path / "typo.yaml", {})
