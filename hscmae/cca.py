@@ -37,13 +37,13 @@ class LinearCCA:
     proj_y: np.ndarray
     correlations: np.ndarray
 
-    def transform_x(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
-        """``x: [N, Dx]`` -> ``[N, k]`` float64."""
-        return (_float64(x, "x") - self.mean_x) @ self.proj_x
+    def transform_x(self, x: np.ndarray | torch.Tensor, *, scale: bool = False) -> np.ndarray:
+        """``x: [N, Dx]`` -> ``[N, k]`` float64; ``scale`` multiplies each variate by its correlation."""
+        return (_float64(x, "x") - self.mean_x) @ self.proj_x * (self.correlations if scale else 1.0)
 
-    def transform_y(self, y: np.ndarray | torch.Tensor) -> np.ndarray:
-        """``y: [N, Dy]`` -> ``[N, k]`` float64."""
-        return (_float64(y, "y") - self.mean_y) @ self.proj_y
+    def transform_y(self, y: np.ndarray | torch.Tensor, *, scale: bool = False) -> np.ndarray:
+        """``y: [N, Dy]`` -> ``[N, k]`` float64; ``scale`` multiplies each variate by its correlation."""
+        return (_float64(y, "y") - self.mean_y) @ self.proj_y * (self.correlations if scale else 1.0)
 
     def save(self, path: str) -> None:
         """Write the fitted arrays as safetensors."""

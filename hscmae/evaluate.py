@@ -1,9 +1,13 @@
 """Cross-modal retrieval evaluation of one split: audio->visual and visual->audio.
 
 Metric names (keys of :attr:`Evaluation.metrics`): ``a2v_map``, ``v2a_map``, ``mean_map``,
-``a2v_p@k``, ``v2a_p@k``, ``mean_p@k`` (``mean_*``: the average of the two directions); with post-hoc linear CCA (fit on TRAIN embeddings, applied to the
-evaluated split) the same names prefixed ``cca_``. Within a direction every query ranks the
+``a2v_p@k``, ``v2a_p@k``, ``mean_p@k`` (``mean_*``: the average of the two directions); after
+post-hoc linear CCA the same names prefixed ``cca_``. Within a direction every query ranks the
 whole gallery of the other modality (the query's own pair included).
+
+Linear CCA for retrieval (the ``linear-cca`` baseline and the post-hoc step) is fit on TRAIN,
+its ridge picked by mean mAP on VAL from :data:`CCA_RIDGES`, and each canonical variate is
+scaled by its canonical correlation, so weakly correlated directions weigh less in the cosine.
 """
 
 from __future__ import annotations
@@ -13,12 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hscmae.cca import fit_cca
+from hscmae.cca import LinearCCA, fit_cca_path
 from hscmae.metrics import DEFAULT_KS, DEFAULT_RECALL_LEVELS, RetrievalMetrics, retrieval_metrics
 
 DIRECTIONS = ("a2v", "v2a")
 POSTHOC_PREFIX = "cca_"
-POSTHOC_RIDGE = 1e-3
+CCA_RIDGES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 
 @dataclass
@@ -51,21 +55,32 @@ def _add(out: Evaluation, found: dict[str, RetrievalMetrics], prefix: str) -> No
         out.metrics[f"{prefix}mean_{name}"] = float(np.mean([out.metrics[f"{prefix}{d}_{name}"] for d in DIRECTIONS]))
 
 
-def evaluate(audio: np.ndarray, visual: np.ndarray, labels: np.ndarray, *,
-             train: tuple[np.ndarray, np.ndarray] | None = None, ks: Sequence[int] = DEFAULT_KS,
-             recall_levels: np.ndarray | Sequence[float] = DEFAULT_RECALL_LEVELS,
-             posthoc_ridge: float = POSTHOC_RIDGE) -> Evaluation:
-    """Retrieval metrics of one split, plain and (when ``train`` is given) after post-hoc CCA.
+def select_cca(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], val_labels: np.ndarray, *,
+               k: int, ridges: Sequence[float] = CCA_RIDGES) -> tuple[LinearCCA, list[dict[str, float]]]:
+    """Fit CCA on ``train = (audio [Nt, Da], visual [Nt, Dv])`` per ridge; keep the best mean mAP on ``val``.
+
+    Returns the chosen fit and one ``{"ridge", "val_score"}`` entry per ridge.
+    """
+    fitted = fit_cca_path(*train, k=k, ridges=ridges)
+    history = [{"ridge": r, "val_score": retrieval_score(c.transform_x(val[0], scale=True),
+                                                         c.transform_y(val[1], scale=True), val_labels)}
+               for r, c in zip(ridges, fitted)]
+    return fitted[int(np.argmax([h["val_score"] for h in history]))], history
+
+
+def evaluate(audio: np.ndarray, visual: np.ndarray, labels: np.ndarray, *, posthoc: LinearCCA | None = None,
+             ks: Sequence[int] = DEFAULT_KS,
+             recall_levels: np.ndarray | Sequence[float] = DEFAULT_RECALL_LEVELS) -> Evaluation:
+    """Retrieval metrics of one split, plain and (when ``posthoc`` is given) after that CCA.
 
     Args:
         audio: ``[N, L]`` and visual: ``[N, L]`` embeddings of the evaluated split; labels: ``[N]``.
-        train: ``(audio [Nt, L], visual [Nt, L])`` TRAIN embeddings to fit the post-hoc CCA on
-            (``L`` canonical dims, relative ridge ``posthoc_ridge``); ``None`` skips it.
+        posthoc: a CCA fit on TRAIN embeddings (see :func:`select_cca`); ``None`` skips the ``cca_`` metrics.
     """
     out = Evaluation()
     _add(out, _directions(audio, visual, labels, ks, recall_levels), "")
-    if train is not None:
-        cca = fit_cca(train[0], train[1], k=min(audio.shape[1], visual.shape[1], len(train[0])), ridge=posthoc_ridge)
-        found = _directions(cca.transform_x(audio), cca.transform_y(visual), labels, ks, recall_levels)
+    if posthoc is not None:
+        found = _directions(posthoc.transform_x(audio, scale=True), posthoc.transform_y(visual, scale=True),
+                            labels, ks, recall_levels)
         _add(out, found, POSTHOC_PREFIX)
     return out

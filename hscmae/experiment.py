@@ -4,10 +4,11 @@ Plain Python in units a flow can map as tasks: :func:`prepare` (once), :func:`ru
 method and seed), :func:`summarise` (once); :func:`run_experiment` chains them.
 
 Selection never sees test: a trainable method keeps the epoch with the best mean mAP on val,
-linear CCA the ridge with the best mean mAP on val; test is embedded and scored once, on the
-selected model. The run directory holds ``config.json``, ``metrics.json``, ``results.md``,
-``results.csv``, ``plots/*.png``, ``log.jsonl`` and ``checkpoints/<method>-seed<s>/``
-(``best.safetensors`` is the selected model).
+linear CCA (baseline and post-hoc) the ridge with the best mean mAP on val; test is embedded
+and scored once, on the selected model. The run directory holds ``config.json``,
+``metrics.json``, ``results.md``, ``results.csv``, ``plots/*.png``, ``log.jsonl`` and
+``checkpoints/<method>-seed<s>/`` (``best.safetensors`` is the selected model,
+``posthoc_cca.safetensors`` its post-hoc CCA).
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from hscmae.cca import LinearCCA, fit_cca_path
+from hscmae.cca import LinearCCA
 from hscmae.checkpoint import BEST
-from hscmae.config import MethodConfig, methods
+from hscmae.config import methods
 from hscmae.data import ClipArrays
-from hscmae.evaluate import evaluate, retrieval_score
+from hscmae.evaluate import evaluate, retrieval_score, select_cca
 from hscmae.report import aggregate, data_info, markdown_table, plot_losses, plot_pr_curves, write_csv
 from hscmae.synthetic import SyntheticConfig, write_synthetic
 from hscmae.train import embed, fit
@@ -36,7 +37,7 @@ from pipeline.atomic import atomic_path
 from pipeline.shards import SPLITS, load_feature_set
 from pipeline.splits import carve_val
 
-CCA_RIDGES = (1e-3, 1e-2, 1e-1, 1.0)
+POSTHOC_CCA = "posthoc_cca.safetensors"
 
 
 @dataclass
@@ -118,7 +119,11 @@ class PreparedData:
 
 @dataclass
 class MethodResult:
-    """One method x seed: test metrics of the selected model, its training history and checkpoint."""
+    """One method x seed: test metrics of the selected model, its training history and checkpoint.
+
+    ``best_epoch`` indexes ``history`` (for linear CCA: the chosen ridge); ``posthoc_ridge`` is the
+    ridge of the post-hoc CCA (``None`` without one).
+    """
 
     method: str
     kind: str
@@ -129,6 +134,7 @@ class MethodResult:
     curves: dict[str, dict[str, list[float]]]
     history: list[dict[str, Any]]
     checkpoint: str
+    posthoc_ridge: float | None
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,19 +154,10 @@ def prepare(config: ExperimentConfig) -> PreparedData:
     return PreparedData(**arrays, info=data_info(features.meta, counts, str(source), config.seeds))
 
 
-def _run_linear_cca(method: MethodConfig, data: PreparedData, folder: Path) -> tuple[LinearCCA, list[dict], int, float]:
-    """Fit linear CCA on pooled TRAIN features for each ridge; keep the best on val; save it."""
-    (train_a, train_v), (val_a, val_v) = data.train.pooled(), data.val.pooled()
-    k = min(method.model.latent, train_a.shape[1], train_v.shape[1])
-    fitted = fit_cca_path(train_a, train_v, k=k, ridges=CCA_RIDGES)
-    history = [{"ridge": ridge, "val_score": retrieval_score(cca.transform_x(val_a), cca.transform_y(val_v),
-                                                             data.val.label_id)}
-               for ridge, cca in zip(CCA_RIDGES, fitted)]
-    best = int(np.argmax([h["val_score"] for h in history]))
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / BEST) as tmp:
-        fitted[best].save(str(tmp))
-    return fitted[best], history, best, history[best]["val_score"]
+def _save_cca(cca: LinearCCA, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        cca.save(str(tmp))
 
 
 def run_one(method_name: str, seed: int, data: PreparedData, run_dir: str | Path, *,
@@ -174,20 +171,32 @@ def run_one(method_name: str, seed: int, data: PreparedData, run_dir: str | Path
     method = config.method_config(method_name)
     folder = Path(run_dir) / "checkpoints" / f"{method_name}-seed{seed}"
     start = time.perf_counter()
+    posthoc_ridge = None
     if method.kind == "closed_form":
-        cca, history, best_epoch, val_score = _run_linear_cca(method, data, folder)
+        train = data.train.pooled()
+        cca, history = select_cca(train, data.val.pooled(), data.val.label_id,
+                                  k=min(method.model.latent, *(x.shape[1] for x in train)))
+        best_epoch = int(np.argmax([h["val_score"] for h in history]))
+        _save_cca(cca, folder / BEST)
         test_a, test_v = data.test.pooled()
-        result = evaluate(cca.transform_x(test_a), cca.transform_y(test_v), data.test.label_id)
+        result = evaluate(cca.transform_x(test_a, scale=True), cca.transform_y(test_v, scale=True),
+                          data.test.label_id)
     else:
         trained = fit(method, data.train, data.val, seed=seed, scorer=retrieval_score, checkpoint_dir=folder,
                       progress=progress)
         history, best_epoch = trained.history, trained.best_epoch
-        val_score = history[best_epoch]["val_score"]
-        train_emb = embed(trained.model, data.train) if config.posthoc_cca else None
-        result = evaluate(*embed(trained.model, data.test), data.test.label_id, train=train_emb)
-    return MethodResult(method=method_name, kind=method.kind, seed=seed, best_epoch=best_epoch, val_score=val_score,
+        posthoc, posthoc_ridge = None, None
+        if config.posthoc_cca:
+            posthoc, tried = select_cca(embed(trained.model, data.train), embed(trained.model, data.val),
+                                        data.val.label_id, k=method.model.latent)
+            posthoc_ridge = max(tried, key=lambda h: h["val_score"])["ridge"]
+            _save_cca(posthoc, folder / POSTHOC_CCA)
+        result = evaluate(*embed(trained.model, data.test), data.test.label_id, posthoc=posthoc)
+    return MethodResult(method=method_name, kind=method.kind, seed=seed, best_epoch=best_epoch,
+                        val_score=history[best_epoch]["val_score"],
                         metrics=result.metrics, curves=result.curves, history=history,
-                        checkpoint=str(folder / BEST), seconds=time.perf_counter() - start)
+                        checkpoint=str(folder / BEST), posthoc_ridge=posthoc_ridge,
+                        seconds=time.perf_counter() - start)
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -3,7 +3,8 @@
 One epoch is a shuffled pass in ``N // batch_size`` full batches (the remainder, different every
 epoch, is left out; a training set smaller than a batch is one batch), so deep CCA never sees a tiny
 batch. After every epoch the student embeds the clean validation clips, ``scorer`` rates them, and the
-best-scoring student is kept. Training stops with ``FloatingPointError`` on the first non-finite loss
+best-scoring student is kept. Methods without the local term get a linear-CCA output map fitted on
+the training latents before scoring (see :func:`fit_cca_projection`). Training stops with ``FloatingPointError`` on the first non-finite loss
 term or gradient norm, naming it and the step.
 """
 
@@ -112,7 +113,11 @@ def _student_view(run: _Run, batch: dict[str, Tensor], clean: dict[str, Tensor])
 
 
 def step_losses(run: _Run, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Each active loss term on one batch of raw pooled features ``batch[m]: [B, D]``."""
+    """Each active loss term on one batch of raw pooled features ``batch[m]: [B, D]``.
+
+    Deep CCA sees the student's latents of the clean inputs; the local InfoNCE, reconstruction and
+    distillation terms see the latents of the masked view; the teacher always sees clean inputs.
+    """
     cfg = run.method.loss
     clean = run.student.standardize(batch)
     view, mask = _student_view(run, batch, clean)

@@ -79,13 +79,17 @@ def test_metrics_equal_a_recomputation_from_the_saved_checkpoints(run):
             model = HSCMAE(in_dims=data.train.dims, config=config.method_config("hscmae").model)
             load_module(Path(entry["checkpoint"]), model)
             audio, visual = embed(model, data.test)
-            cca = fit_cca(*embed(model, data.train), k=audio.shape[1], ridge=1e-3)
-            assert entry["metrics"]["cca_a2v_map"] == pytest.approx(
-                mean_average_precision(cca.transform_x(audio), cca.transform_y(visual), labels, labels), abs=1e-9)
+            # the saved post-hoc CCA is the TRAIN fit with the val-chosen ridge
+            posthoc = LinearCCA.load(str(Path(entry["checkpoint"]).with_name("posthoc_cca.safetensors")))
+            refit = fit_cca(*embed(model, data.train), k=audio.shape[1], ridge=entry["posthoc_ridge"])
+            np.testing.assert_allclose(posthoc.proj_x, refit.proj_x, atol=1e-9)
+            a, v = posthoc.transform_x(audio) * posthoc.correlations, posthoc.transform_y(visual) * posthoc.correlations
+            assert entry["metrics"]["cca_a2v_map"] == pytest.approx(mean_average_precision(a, v, labels, labels), abs=1e-9)
         else:
             cca = LinearCCA.load(entry["checkpoint"])
             pooled_audio, pooled_visual = data.test.pooled()
-            audio, visual = cca.transform_x(pooled_audio), cca.transform_y(pooled_visual)
+            audio = cca.transform_x(pooled_audio) * cca.correlations
+            visual = cca.transform_y(pooled_visual) * cca.correlations
         assert entry["metrics"]["a2v_map"] == pytest.approx(mean_average_precision(audio, visual, labels, labels), abs=1e-9)
         assert entry["metrics"]["v2a_map"] == pytest.approx(mean_average_precision(visual, audio, labels, labels), abs=1e-9)
 

@@ -2,7 +2,7 @@
 
 One stack serves the module: a server with its own Prefect home and SQLite, the process work
 pool, the deployments of prefect.yaml and a worker. The flows run on a small demo set (20
-clips of 2 s, plus one missing and one corrupt file) with random extractor weights.
+clips of 1.5 s, plus one missing and one corrupt file) with random extractor weights.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from pipeline.manifest import write_manifest
 from pipeline.media import SegmentConfig
 from pipeline.shards import load_feature_set, read_shard
 
-CLIPS, SECONDS, PER_SHARD = 20, 2.0, 5  # 4 shards of 5 clips, plus a shard holding the two bad rows
+CLIPS, SECONDS, PER_SHARD = 60, 1.5, 15  # 4 shards of 15 clips, plus a shard holding the two bad rows
 RANDOM = ExtractConfig(audio_weights="random", visual_weights="random")
 
 
@@ -87,13 +87,22 @@ def _run(out: Path, manifest: Path, **options: object):
                           return_state=True, **options)
 
 
-def _task_states(flow_run_id: UUID) -> dict[str, Counter]:
-    """Final state names of the flow run's task runs, by task name: ``{"extract-shard": Counter(...)}``."""
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+def _task_states(flow_run_id: UUID, total: int) -> dict[str, Counter]:
+    """Final state names of the flow run's ``total`` task runs, by task: ``{"extract-shard": Counter(...)}``.
+
+    Task run states reach the server asynchronously, so this waits (up to a minute) until all are final.
+    """
+    deadline = time.monotonic() + 60
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        if (len(runs) == total and all(r.state is not None and r.state.is_final() for r in runs)) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     states: dict[str, Counter] = {}
     for run in runs:
-        states.setdefault(run.name.rsplit("-", 1)[0], Counter())[run.state.name] += 1
+        states.setdefault(run.name.rsplit("-", 1)[0], Counter())[run.state.name if run.state else None] += 1
     return states
 
 
@@ -118,7 +127,7 @@ def test_build_features_completes_with_shards_matching_the_stage_functions(first
     out, state = first
     assert state.is_completed(), state
     outcome = state.result()
-    states = _task_states(state.state_details.flow_run_id)
+    states = _task_states(state.state_details.flow_run_id, 10)
     assert states["acquire-shard"] == Counter(Completed=5) and states["extract-shard"] == Counter(Completed=5)
     assert (outcome.asked, outcome.obtained, outcome.extracted) == (CLIPS + 2, CLIPS + 1, CLIPS)
     assert outcome.failures_by_kind == {"missing": 1, "undecodable": 1}
@@ -127,7 +136,8 @@ def test_build_features_completes_with_shards_matching_the_stage_functions(first
     frame = pd.read_parquet(manifest)
     availability = acquire(frame, AcquireConfig(cache_dir=tmp_path / "media"))
     reference = extract_features(clip_jobs(frame, availability, SegmentConfig()), tmp_path / "ref",
-                                 ExtractConfig(audio_weights="random", visual_weights="random", clips_per_shard=100))
+                                 ExtractConfig(audio_weights="random", visual_weights="random", clips_per_shard=100),
+                                 extra_meta={"dataset": "demo"})
     expected = load_feature_set(reference.shards)
     got = load_feature_set(outcome.shards)
     assert list(got.clip_id) == list(expected.clip_id) == list(frame["clip_id"][:CLIPS])
@@ -160,7 +170,7 @@ def test_second_run_is_cached_and_does_no_work(first, manifest: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in shards.glob("*.parquet")}
     again = _run(out, manifest)
     assert again.is_completed()
-    states = _task_states(again.state_details.flow_run_id)
+    states = _task_states(again.state_details.flow_run_id, 10)
     assert states["acquire-shard"] == Counter(Cached=5) and states["extract-shard"] == Counter(Cached=5)
     assert again.result().shards == shards and again.result().extracted == CLIPS
     assert {p: p.stat().st_mtime_ns for p in shards.glob("*.parquet")} == before
@@ -169,7 +179,7 @@ def test_second_run_is_cached_and_does_no_work(first, manifest: Path) -> None:
 def test_changed_extractor_config_recomputes_only_extraction(first, manifest: Path) -> None:
     out, state = first
     changed = _run(out, manifest, extract=ExtractConfig(audio_weights="random", visual_weights="random", seed=1))
-    states = _task_states(changed.state_details.flow_run_id)
+    states = _task_states(changed.state_details.flow_run_id, 10)
     assert states["acquire-shard"] == Counter(Cached=5) and states["extract-shard"] == Counter(Completed=5)
     new, old = load_feature_set(changed.result().shards), load_feature_set(state.result().shards)
     assert changed.result().shards.parent != state.result().shards.parent  # lands beside, not over
@@ -179,12 +189,12 @@ def test_changed_extractor_config_recomputes_only_extraction(first, manifest: Pa
 def test_train_eval_matches_the_plain_experiment_and_is_cached(first, tmp_path: Path) -> None:
     shards = first[1].result().shards
     config = ExperimentConfig(shards=str(shards), methods=["hscmae", "linear-cca"], seeds=[0], epochs=2,
-                              val_fraction=0.5, runs_root=str(tmp_path / "runs"))
+                              val_fraction=0.15, runs_root=str(tmp_path / "runs"))
     state = train_eval(config, return_state=True)
     assert state.is_completed(), state
     outcome = state.result()
     flow_run_id = state.state_details.flow_run_id
-    states = _task_states(flow_run_id)
+    states = _task_states(flow_run_id, 4)
     assert states["hscmae"] == Counter(Completed=1) and states["linear-cca"] == Counter(Completed=1)
 
     # the same experiment without Prefect gives the same numbers
@@ -207,7 +217,7 @@ def test_train_eval_matches_the_plain_experiment_and_is_cached(first, tmp_path: 
     assert list((outcome.run_dir / "checkpoints").glob("*/best.safetensors"))
 
     again = train_eval(config, return_state=True)
-    states = _task_states(again.state_details.flow_run_id)
+    states = _task_states(again.state_details.flow_run_id, 4)
     assert states["hscmae"] == Counter(Cached=1) and states["linear-cca"] == Counter(Cached=1)
     assert states["summarise"] == Counter(Cached=1)
     assert again.result().table == outcome.table
