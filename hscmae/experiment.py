@@ -222,8 +222,10 @@ def summarise(results: list[MethodResult], data: PreparedData, config: Experimen
     log = [json.dumps({"method": r["method"], "seed": r["seed"], **epoch}) for r in runs for epoch in r["history"]]
     _write_text(run_dir / "log.jsonl", "\n".join(log) + "\n")
     title = f"{info['dataset']}, {info['weights']}, {len(info['seeds'])} seed(s)"
-    plot_losses(runs, run_dir / "plots" / "loss_curves.png", title)
-    plot_pr_curves(runs, run_dir / "plots" / "pr_curves.png", f"test, {title}")
+    with atomic_path(run_dir / "plots" / "loss_curves.png") as tmp:
+        plot_losses(runs, tmp, title)
+    with atomic_path(run_dir / "plots" / "pr_curves.png") as tmp:
+        plot_pr_curves(runs, tmp, f"test, {title}")
     return run_dir
 
 

@@ -108,12 +108,13 @@ def _by_method(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str,
 
 
 def plot_losses(runs: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
-    """One panel per trained method: each loss term and the weighted total vs epoch (mean over seeds)."""
+    """One panel per trained method: each loss term and the weighted total vs epoch (mean over seeds).
+
+    ``total`` is the objective actually minimised (with learned task weights it includes their terms).
+    """
     trained = {m: rs for m, rs in _by_method(runs).items() if rs[0]["kind"] == "trainable"}
-    if not trained:
-        return
-    cols = min(3, len(trained))
-    rows = -(-len(trained) // cols)
+    cols = max(1, min(3, len(trained)))
+    rows = max(1, -(-len(trained) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
     for ax, (method, rs) in zip(axes.flat, trained.items()):
         for term in (*LOSS_TERMS, "total"):
@@ -124,9 +125,11 @@ def plot_losses(runs: Sequence[Mapping[str, Any]], path: Path, title: str) -> No
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(trained):]:
         ax.axis("off")
+    if not trained:
+        axes[0, 0].text(0.5, 0.5, "no trainable method in this run", ha="center", va="center")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -142,5 +145,5 @@ def plot_pr_curves(runs: Sequence[Mapping[str, Any]], path: Path, title: str) ->
     axes[1].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)

@@ -1,7 +1,7 @@
 """The Prefect flows against a real local stack (`python -m flows.local up` on 127.0.0.1).
 
 One stack serves the module: a server with its own Prefect home and SQLite, the process work
-pool, the deployments of prefect.yaml and a worker. The flows run on a small demo set (20
+pool, the deployments of prefect.yaml and a worker. The flows run on a small demo set (60
 clips of 1.5 s, plus one missing and one corrupt file) with random extractor weights.
 """
 
