@@ -325,4 +325,7 @@ def main(argv: list[str] | None = None) -> FeatureSetOutcome:
 
 
 if __name__ == "__main__":
-    main()
+    # run the importable module's copy, so Dask workers can unpickle its tasks by reference
+    from flows.build_features import main as module_main
+
+    module_main()

@@ -58,12 +58,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _ours(pid: int) -> bool:
+    """Whether ``pid`` still runs a Prefect command (not a process that reused a stale pid)."""
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if not cmdline.parent.exists():  # no procfs: trust the pid file
+        return _alive(pid)
+    try:
+        return b"prefect" in cmdline.read_bytes()
+    except OSError:
+        return False
+
+
 def _read_pid(name: str) -> int | None:
+    """The pid recorded for ``name`` if that process still runs; a stale pid file is removed."""
     path = state_dir() / f"{name}.pid"
     if not path.is_file():
         return None
     pid = int(path.read_text().strip())
-    if _alive(pid):
+    if _alive(pid) and _ours(pid):
         return pid
     path.unlink()
     return None
@@ -145,7 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("command", choices=("up", "down"))
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="server port on 127.0.0.1")
     args = parser.parse_args(argv)
-    up(args.port) if args.command == "up" else down()
+    if args.command == "up":
+        up(args.port)
+    else:
+        down()
 
 
 if __name__ == "__main__":

@@ -168,4 +168,7 @@ def main(argv: list[str] | None = None) -> TrainEvalOutcome:
 
 
 if __name__ == "__main__":
-    main()
+    # run the importable module's copy, so Dask workers can unpickle its tasks by reference
+    from flows.train_eval import main as module_main
+
+    module_main()

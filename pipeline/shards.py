@@ -113,7 +113,8 @@ def weights_summary(meta: Mapping[str, Any]) -> str:
     for m in MODALITIES:
         info = meta.get(m, {})
         weights = info.get("weights", "?")
-        shown = RANDOM_WEIGHTS if weights == RANDOM_WEIGHTS else f"sha256 {str(weights)[:8]}"
+        is_hash = isinstance(weights, str) and re.fullmatch(r"[0-9a-f]{64}", weights) is not None
+        shown = f"sha256 {weights[:8]}" if is_hash else str(weights)
         parts.append(f"{m} {info.get('extractor', '?')} ({shown})")
     return ", ".join(parts)
 

@@ -23,13 +23,14 @@ from uuid import UUID
 import numpy as np
 import pandas as pd
 import pytest
+from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from extractors.extract import ExtractConfig, extract_features
 from flows import PROJECT_ROOT
-from flows.build_features import build_features, clip_jobs
+from flows.build_features import AcquireJob, acquire_shard, build_features, clip_jobs
 from flows.common import task_runner
 from flows.train_eval import train_eval
 from hscmae.experiment import ExperimentConfig, run_experiment
@@ -50,6 +51,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped does not count)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().rsplit(") ", 1)[-1][:1] != "Z"
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A local Prefect stack in a temporary Prefect home; yields the environment that reaches it."""
@@ -58,12 +69,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     local = [sys.executable, "-m", "flows.local"]
     started = subprocess.run([*local, "up", "--port", str(port)], env=env, cwd=PROJECT_ROOT, capture_output=True,
                              text=True, timeout=240)
+    pids = [int(p.read_text()) for p in sorted((home / "local").glob("*.pid"))]
     try:
-        assert started.returncode == 0, started.stdout + started.stderr
+        assert started.returncode == 0 and len(pids) == 2, started.stdout + started.stderr
         with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
             yield env
     finally:
         subprocess.run([*local, "down"], env=env, cwd=PROJECT_ROOT, capture_output=True, timeout=120)
+    alive = [pid for pid in pids if _running(pid)]
+    assert not alive, f"`flows.local down` left processes running: {alive}"
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +237,25 @@ def test_train_eval_matches_the_plain_experiment_and_is_cached(first, tmp_path: 
     assert again.result().table == outcome.table
 
 
+def test_acquisition_retries_transient_failures(stack: dict[str, str], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = pd.DataFrame({"clip_id": ["a"], "source_kind": ["youtube"], "source": ["abcdefghijk"]})
+    outcomes = iter(["network_error", "network_error", "downloaded"])
+    calls = []
+
+    def flaky(frame: pd.DataFrame, config: AcquireConfig) -> pd.DataFrame:
+        calls.append(config.cache_dir)
+        return pd.DataFrame({"clip_id": ["a"], "outcome": [next(outcomes, "network_error")], "message": ["timed out"],
+                             "path": [""], "local_start_s": [0.0]})
+
+    monkeypatch.setattr("flows.build_features.acquire", flaky)
+    job = AcquireJob(key="k", index=0, rows=rows, config=AcquireConfig(cache_dir=tmp_path), lock=tmp_path / "a.lock")
+    quick = acquire_shard.with_options(retry_delay_seconds=0, cache_policy=NO_CACHE, persist_result=False)
+    assert list(quick(job)["outcome"]) == ["downloaded"] and len(calls) == 3
+    calls.clear()  # never recovers: after the last retry the outcome is returned, to become a failure record
+    assert list(quick(job)["outcome"]) == ["network_error"] and len(calls) == 4
+
+
 @pytest.mark.slow
 def test_dask_runner_gives_the_same_shards(first, manifest: Path, tmp_path: Path) -> None:
     runner = task_runner("dask", workers=2)
@@ -253,21 +286,22 @@ def test_killed_run_resumes_to_identical_shards(stack: dict[str, str], first, ma
     run = subprocess.Popen(_cli(manifest, tmp_path), env=stack, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 180
-    while not list(tmp_path.glob("features/*/shards/*.parquet")) and time.monotonic() < deadline:
+    # a shard is finished once its failures file exists (written after the shard): kill right then
+    while not list(tmp_path.glob("features/*/failures/*.parquet")) and time.monotonic() < deadline:
         assert run.poll() is None, "the run ended before it could be killed"
         time.sleep(0.05)
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
-    shards_dir = next(tmp_path.glob("features/*/shards"))
-    left = sorted(shards_dir.glob("*.parquet"))
-    assert 1 <= len(left) < 5
-    for path in left:  # whatever is visible is whole
+    root = next(tmp_path.glob("features/*"))
+    finished = len(list((root / "failures").glob("*.parquet")))
+    assert 1 <= finished < 5
+    for path in (root / "shards").glob("*.parquet"):  # whatever is visible is whole
         read_shard(path)
     resumed = subprocess.run(_cli(manifest, tmp_path), env=stack, cwd=PROJECT_ROOT, capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert _computed(resumed.stdout + resumed.stderr) <= 5 - len(left)
-    assert _shard_bytes(shards_dir) == _shard_bytes(first[1].result().shards)
+    assert _computed(resumed.stdout + resumed.stderr) <= 5 - finished  # finished shards are not redone
+    assert _shard_bytes(root / "shards") == _shard_bytes(first[1].result().shards)
 
 
 @pytest.mark.slow

@@ -62,6 +62,8 @@ def test_weights_are_reported(tmp_path):
     assert weights_summary(META) == "audio vggish (random), visual resnet50 (sha256 abababab)"
     real = {m: {**v, "weights": "cd" * 32} for m, v in META.items()}
     assert not uses_random_weights(real)
+    generated = {m: {**v, "weights": "none"} for m, v in META.items()}
+    assert weights_summary(generated) == "audio vggish (none), visual resnet50 (none)"
 
 
 @pytest.mark.parametrize(
