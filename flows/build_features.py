@@ -40,6 +40,7 @@ from flows import PROJECT_ROOT
 from flows.common import (add_runner_arguments, digest, file_digest, frame_digest, key_of, link_dir, results_dir,
                           runner_from_arguments, short, source_digest, task_runner)
 from pipeline.acquire import AcquireConfig, acquire, availability_failures, available_sources
+from pipeline.atomic import atomic_path
 from pipeline.demo import LABELS_FILE, DemoConfig, write_demo
 from pipeline.failures import Failure, failures_frame, read_failures, write_failures
 from pipeline.folder import SplitConfig, build_folder_manifest
@@ -107,7 +108,7 @@ class FeatureSetOutcome:
     extracted: int
     failures_by_kind: dict[str, int]
     shard_states: dict[str, int] = field(default_factory=dict)  # Completed / Cached counts
-    reused_on_disk: int = 0
+    reused_on_disk: int = 0  # Completed shard tasks that found their shard finished on disk
 
 
 # --- plain helpers (no Prefect): rows -> clip jobs, models per process -------------------------
@@ -274,16 +275,18 @@ def build_features(
     progress = create_progress_artifact(0.0, key="build-features-progress", description="shards finished")
     for done, future in enumerate(as_completed(futures), start=1):
         update_progress_artifact(progress, 100.0 * done / len(futures))
-    outcomes = sorted((f.result() for f in futures), key=lambda o: o.index)
+    outcomes = [f.result() for f in futures]  # in shard order
+    fresh = [o for o, f in zip(outcomes, futures) if f.state.name != "Cached"]
     failures = [f for o in outcomes for f in o.failures]
     write_failures(root / "failures.parquet", failures)
     failed_acquire = {f.clip_id for f in failures if f.stage == "acquire"}
     outcome = FeatureSetOutcome(
         shards=root / "shards", asked=len(frame), obtained=len(frame) - len(failed_acquire),
         extracted=sum(o.extracted for o in outcomes), failures_by_kind=dict(Counter(f.kind for f in failures)),
-        shard_states=dict(Counter(f.state.name for f in futures)), reused_on_disk=sum(o.reused for o in outcomes))
+        shard_states=dict(Counter(f.state.name for f in futures)), reused_on_disk=sum(o.reused for o in fresh))
     summary = _summary(outcome, extract)
-    (root / "summary.md").write_text(summary)
+    with atomic_path(root / "summary.md") as tmp:
+        tmp.write_text(summary)
     create_table_artifact(failures_frame(failures).to_dict("records"), key="build-features-failures",
                           description=f"{len(failures)} failure records ({root / 'failures.parquet'})")
     create_markdown_artifact(summary, key="build-features-summary", description="clips asked, obtained, extracted, failed")

@@ -7,6 +7,9 @@ clips of 1.5 s, plus one missing and one corrupt file) with random extractor wei
 
 from __future__ import annotations
 
+import flows  # noqa: F401  (first: it points Prefect at the project-local home before Prefect is imported)
+
+import dataclasses
 import json
 import os
 import re
@@ -23,9 +26,11 @@ from uuid import UUID
 import numpy as np
 import pandas as pd
 import pytest
+from prefect import flow
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import State
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from extractors.extract import ExtractConfig, extract_features
@@ -95,7 +100,7 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _run(out: Path, manifest: Path, **options: object):
+def _run(out: Path, manifest: Path, **options: object) -> State:
     """build-features in this process; returns the final state."""
     return build_features(manifest=manifest, out=out, clips_per_shard=PER_SHARD, extract=options.pop("extract", RANDOM),
                           return_state=True, **options)
@@ -131,7 +136,8 @@ def _shard_bytes(shards: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def first(stack: dict[str, str], manifest: Path, tmp_path_factory: pytest.TempPathFactory):
+def first(stack: dict[str, str], manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, State]:
+    """The first build-features run of the module: its output root and its final state."""
     out = tmp_path_factory.mktemp("features")
     state = _run(out, manifest)
     return out, state
@@ -212,8 +218,7 @@ def test_train_eval_matches_the_plain_experiment_and_is_cached(first, tmp_path: 
     assert states["hscmae"] == Counter(Completed=1) and states["linear-cca"] == Counter(Completed=1)
 
     # the same experiment without Prefect gives the same numbers
-    plain = run_experiment(ExperimentConfig(**{**config.to_dict(), "run_dir": str(tmp_path / "plain"),
-                                               "synthetic": config.synthetic}), progress=False)
+    plain = run_experiment(dataclasses.replace(config, run_dir=str(tmp_path / "plain")), progress=False)
     got = json.loads((outcome.run_dir / "metrics.json").read_text())["aggregate"]
     want = json.loads((plain / "metrics.json").read_text())["aggregate"]
     assert got.keys() == want.keys() == {"hscmae", "linear-cca"}
@@ -248,12 +253,18 @@ def test_acquisition_retries_transient_failures(stack: dict[str, str], tmp_path:
         return pd.DataFrame({"clip_id": ["a"], "outcome": [next(outcomes, "network_error")], "message": ["timed out"],
                              "path": [""], "local_start_s": [0.0]})
 
+    assert acquire_shard.retries == 3 and acquire_shard.retry_delay_seconds == [10, 20, 40]  # exponential backoff
     monkeypatch.setattr("flows.build_features.acquire", flaky)
     job = AcquireJob(key="k", index=0, rows=rows, config=AcquireConfig(cache_dir=tmp_path), lock=tmp_path / "a.lock")
     quick = acquire_shard.with_options(retry_delay_seconds=0, cache_policy=NO_CACHE, persist_result=False)
-    assert list(quick(job)["outcome"]) == ["downloaded"] and len(calls) == 3
+
+    @flow(name="acquire-once")
+    def acquire_once() -> pd.DataFrame:
+        return quick(job)
+
+    assert list(acquire_once()["outcome"]) == ["downloaded"] and len(calls) == 3
     calls.clear()  # never recovers: after the last retry the outcome is returned, to become a failure record
-    assert list(quick(job)["outcome"]) == ["network_error"] and len(calls) == 4
+    assert list(acquire_once()["outcome"]) == ["network_error"] and len(calls) == 4
 
 
 @pytest.mark.slow
