@@ -7,7 +7,6 @@ Hugging Face cache, or ``"random"`` for random initialisation (then shards say `
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from pipeline.digest import sha256_file
 from pipeline.shards import RANDOM_WEIGHTS
 
 WeightsArg = str | os.PathLike[str] | None
@@ -49,15 +49,6 @@ class WeightsSpec:
 def is_random(weights: WeightsArg) -> bool:
     """True when ``weights`` asks for random initialisation by name."""
     return isinstance(weights, str) and weights == RANDOM_WEIGHTS
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _hf_cached(hf_hub_id: str) -> list[tuple[str, Path | None]]:

@@ -9,7 +9,6 @@ its card entry and can fetch a file the card marks as a direct download.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import urllib.request
@@ -18,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tqdm import tqdm
 
 from pipeline.atomic import atomic_path
+from pipeline.digest import sha256_file
 
 CARDS_DIR = Path(__file__).resolve().parents[1] / "data_manifests"
 _REQUIRED_KEYS = ("name", "title", "license", "classes", "expected", "splits", "sources")
@@ -120,18 +119,6 @@ def load_card(name_or_path: str | os.PathLike[str]) -> DatasetCard:
         expected=dict(raw["expected"]), splits=dict(raw["splits"]), sources=sources, features=features,
         citation=str(raw.get("citation", "")), homepage=str(raw.get("homepage", "")), path=path,
     )
-
-
-def sha256_file(path: str | os.PathLike[str], *, progress: bool = False) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (bounded memory for multi-GB files)."""
-    digest = hashlib.sha256()
-    size = Path(path).stat().st_size
-    with open(path, "rb") as fh, tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {Path(path).name}",
-                                      disable=not progress, leave=False) as bar:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-            bar.update(len(chunk))
-    return digest.hexdigest()
 
 
 def verify_source(path: str | os.PathLike[str], card: DatasetCard, key: str) -> str:

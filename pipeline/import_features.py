@@ -34,7 +34,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.ave import ave_clip_id, read_ave_lines
-from pipeline.cards import CardError, DatasetCard, FeatureSpec, load_card, sha256_file
+from pipeline.cards import CardError, DatasetCard, FeatureSpec, load_card
+from pipeline.digest import sha256_file
 from pipeline.manifest import ManifestError, read_manifest
 from pipeline.shards import ClipFeatures, ShardError, write_shard
 from pipeline.splits import carve_val

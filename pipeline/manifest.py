@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.atomic import atomic_path
+from pipeline.digest import sha256_file
 from pipeline.shards import CLIP_ID_PATTERN, SPLITS
 
 MANIFEST_COLUMNS = (
@@ -227,7 +228,7 @@ def _build(args: argparse.Namespace) -> ManifestBuild:
         annotations = args.annotations or cards.fetch_source(card, "annotations", args.fetch_annotations)
         split_files = ave.split_files_in(args.splits_dir)
         checked = {"annotations": annotations} | {f"{s}_split": p for s, p in split_files.items()}
-        sources = {str(p): (cards.sha256_file(p) if args.skip_sha256 else cards.verify_source(p, card, key))
+        sources = {str(p): (sha256_file(p) if args.skip_sha256 else cards.verify_source(p, card, key))
                    for key, p in checked.items()}
         build = ave.build_ave_manifest(annotations, split_files, card=card, classes=args.classes,
                                        zero_length=args.zero_length, cross_split=args.cross_split,
