@@ -30,18 +30,20 @@ import pandas as pd
 import pyarrow.parquet as pq
 from filelock import FileLock
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
 from prefect.futures import as_completed
 from prefect.runtime import task_run
 from prefect.tasks import exponential_backoff
 
 from extractors.extract import ClipJob, ExtractConfig, Extractors, extract_features
 from flows import PROJECT_ROOT
-from flows.common import (add_runner_arguments, digest, file_digest, frame_digest, key_of, link_dir, results_dir,
+from flows.common import (add_runner_arguments, digest, frame_digest, key_of, link_dir, results_dir,
                           runner_from_arguments, short, source_digest, task_runner)
 from pipeline.acquire import AcquireConfig, acquire, availability_failures, available_sources
 from pipeline.atomic import atomic_path
 from pipeline.demo import LABELS_FILE, DemoConfig, write_demo
+from pipeline.digest import sha256_file
 from pipeline.failures import Failure, failures_frame, read_failures, write_failures
 from pipeline.folder import SplitConfig, build_folder_manifest
 from pipeline.manifest import read_manifest, write_manifest
@@ -123,7 +125,8 @@ def clip_jobs(rows: pd.DataFrame, availability: pd.DataFrame, segment: SegmentCo
         offset = offsets.get(row.clip_id, 0.0)
         load = partial(segment_clip, paths[row.clip_id], row.clip_id, max(0.0, row.clip_start_s - offset),
                        row.clip_end_s - offset, segment)
-        jobs.append(ClipJob(clip_id=row.clip_id, label=row.label, label_id=int(row.label_id), split=row.split, load=load))
+        jobs.append(ClipJob(clip_id=row.clip_id, label=row.label, label_id=int(row.label_id), split=row.split,
+                            load=load))
     return jobs
 
 
@@ -145,7 +148,7 @@ def extract_cache_config(config: ExtractConfig) -> dict[str, object]:
     decides = {name: getattr(config, name) for name in ("visual_model", "audio_postprocess", "seed")}
     for name in ("audio_weights", "pca_weights", "visual_weights"):
         value = getattr(config, name)
-        decides[name] = file_digest(value) if value not in (None, "random") else value
+        decides[name] = sha256_file(value) if value not in (None, "random") else value
     return decides
 
 
@@ -289,7 +292,8 @@ def build_features(
         tmp.write_text(summary)
     create_table_artifact(failures_frame(failures).to_dict("records"), key="build-features-failures",
                           description=f"{len(failures)} failure records ({root / 'failures.parquet'})")
-    create_markdown_artifact(summary, key="build-features-summary", description="clips asked, obtained, extracted, failed")
+    create_markdown_artifact(summary, key="build-features-summary",
+                             description="clips asked, obtained, extracted, failed")
     link_dir(outcome.shards, key="build-features-shards", text=f"feature shards ({outcome.extracted} clips)")
     print(f"{outcome.extracted}/{outcome.asked} clips extracted into {outcome.shards}; "
           f"shard tasks {json.dumps(outcome.shard_states)}, reused from disk {outcome.reused_on_disk}")
@@ -304,7 +308,8 @@ def weights_config(args: argparse.Namespace) -> ExtractConfig:
 
 
 def main(argv: list[str] | None = None) -> FeatureSetOutcome:
-    parser = argparse.ArgumentParser(prog="python -m flows.build_features", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m flows.build_features",
+                                     description=__doc__.splitlines()[0].replace("``", ""))
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--manifest", type=Path, help="manifest Parquet file (default: the demo videos)")
     source.add_argument("--demo-clips", type=int, default=120, help="demo clips to generate when no manifest is given")
@@ -315,7 +320,8 @@ def main(argv: list[str] | None = None) -> FeatureSetOutcome:
                         help="extractor weights: the published files (torch hub cache) or random (flagged as such)")
     parser.add_argument("--audio-weights", help="VGGish weights file (overrides --weights)")
     parser.add_argument("--visual-weights", help="visual model weights file (overrides --weights)")
-    parser.add_argument("--visual-model", default=ExtractConfig.visual_model, help="resnet50, resnet152, vit_b16, vit_s16")
+    parser.add_argument("--visual-model", default=ExtractConfig.visual_model,
+                        help="resnet50, resnet152, vit_b16, vit_s16")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--root", type=Path, help="folder that relative file sources are relative to")
     parser.add_argument("--archive", type=Path, help="zip or folder holding archive sources")

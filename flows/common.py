@@ -24,6 +24,8 @@ from prefect.cache_policies import CacheKeyFnPolicy, CachePolicy
 from prefect.context import TaskRunContext
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from pipeline.digest import sha256_file
+
 KEY_LENGTH = 16  # hex characters of a sha256 used in directory names
 RESULTS_DIR = ".prefect-results"  # per-output-root Prefect result and cache records
 
@@ -57,18 +59,9 @@ def frame_digest(frame: pd.DataFrame) -> str:
     return digest(list(frame.columns), records)
 
 
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file's bytes."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
 def files_digest(paths: Iterable[str | os.PathLike[str]]) -> str:
     """sha256 over the bytes of ``paths`` (in the given order), e.g. every shard of a feature set."""
-    return digest([file_digest(p) for p in paths])
+    return digest([sha256_file(p) for p in paths])
 
 
 def _source_files(module: ModuleType) -> list[Path]:

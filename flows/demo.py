@@ -52,7 +52,8 @@ def demo(
 
 
 def main(argv: list[str] | None = None) -> TrainEvalOutcome:
-    parser = argparse.ArgumentParser(prog="python -m flows.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m flows.demo",
+                                     description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--clips", type=int, default=DEMO_CLIPS, help="demo clips to generate")
     parser.add_argument("--seconds", type=float, default=DEMO_SECONDS, help="length of each demo clip")
     parser.add_argument("--visual-model", default="resnet50", help="resnet50, resnet152, vit_b16, vit_s16")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -122,6 +123,9 @@ def up(port: int = DEFAULT_PORT) -> None:
     if _read_pid("server") is not None:
         raise RuntimeError(f"a server started by flows.local is already running (pid file in {state_dir()}); "
                            "run `python -m flows.local down` first")
+    with socket.socket() as probe:
+        if probe.connect_ex((HOST, port)) == 0:
+            raise RuntimeError(f"{HOST}:{port} is already in use; pick another with --port")
     pid = _start("server", _prefect("server", "start", "--host", HOST, "--port", str(port)), env)
     print(f"server: pid {pid}, log {state_dir() / 'server.log'}")
     wait_healthy(port, pid=pid)

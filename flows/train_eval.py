@@ -152,8 +152,10 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> ExperimentConfi
 
 
 def main(argv: list[str] | None = None) -> TrainEvalOutcome:
-    parser = argparse.ArgumentParser(prog="python -m flows.train_eval", description=__doc__.splitlines()[0])
-    parser.add_argument("--features", type=Path, help="feature shards (a folder or file); default: the built-in synthetic set")
+    parser = argparse.ArgumentParser(prog="python -m flows.train_eval",
+                                     description=__doc__.splitlines()[0].replace("``", ""))
+    parser.add_argument("--features", type=Path,
+                        help="feature shards (a folder or file); default: the built-in synthetic set")
     parser.add_argument("--config", type=Path, help="experiment config, JSON or YAML (ExperimentConfig fields)")
     parser.add_argument("--methods", nargs="+", help="methods to run (default: all)")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 1 2)")

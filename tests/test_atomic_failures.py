@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 
 from pipeline.atomic import atomic_path
@@ -20,6 +23,14 @@ def test_interrupted_write_leaves_previous_file_and_no_temporary(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_text("new")
     assert target.read_text() == "new"
+
+
+def test_finished_file_has_the_umask_mode_not_owner_only(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    with atomic_path(tmp_path / "f.bin") as tmp:
+        tmp.write_bytes(b"x")
+    assert stat.S_IMODE((tmp_path / "f.bin").stat().st_mode) == 0o666 & ~umask
 
 
 def test_failures_round_trip_including_empty(tmp_path):

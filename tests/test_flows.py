@@ -143,7 +143,8 @@ def first(stack: dict[str, str], manifest: Path, tmp_path_factory: pytest.TempPa
     return out, state
 
 
-def test_build_features_completes_with_shards_matching_the_stage_functions(first, manifest: Path, tmp_path: Path) -> None:
+def test_build_features_completes_with_shards_matching_the_stage_functions(first, manifest: Path,
+                                                                          tmp_path: Path) -> None:
     out, state = first
     assert state.is_completed(), state
     outcome = state.result()
