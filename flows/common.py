@@ -135,7 +135,7 @@ def task_runner(kind: str = "thread", *, address: str | None = None, workers: in
     """A task runner: Prefect's thread pool, or prefect-dask's ``DaskTaskRunner``.
 
     Dask runs on the scheduler at ``address``, or on a local cluster of ``workers``
-    single-threaded worker processes.
+    single-threaded worker processes bound to 127.0.0.1 (its dashboard on a free port).
     """
     if kind == "thread":
         return ThreadPoolTaskRunner(max_workers=threads)
@@ -146,7 +146,7 @@ def task_runner(kind: str = "thread", *, address: str | None = None, workers: in
     if address:
         return DaskTaskRunner(address=address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None})
+                                          "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"})
 
 
 def runner_from_arguments(args: argparse.Namespace) -> TaskRunner:
