@@ -121,13 +121,13 @@ def link_dir(path: Path, *, key: str, text: str) -> None:
     create_link_artifact(link=path.resolve().as_uri(), link_text=text, key=key, description=text)
 
 
-def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--task-runner thread|dask``, ``--dask-address`` and ``--dask-workers`` flags."""
+def add_runner_arguments(parser: argparse.ArgumentParser, *, threads: int = 2) -> None:
+    """``--task-runner thread|dask``, ``--dask-address``, ``--dask-workers`` and ``--threads`` flags."""
     parser.add_argument("--task-runner", choices=("thread", "dask"), default="thread",
                         help="where tasks run: threads of this process, or a Dask cluster")
     parser.add_argument("--dask-address", help="scheduler address (tcp://host:8786); default: a local cluster")
     parser.add_argument("--dask-workers", type=int, default=2, help="workers of the local Dask cluster")
-    parser.add_argument("--threads", type=int, default=2, help="task threads of the thread runner")
+    parser.add_argument("--threads", type=int, default=threads, help="task threads of the thread runner")
 
 
 def task_runner(kind: str = "thread", *, address: str | None = None, workers: int = 2,

@@ -96,7 +96,10 @@ def method_key(config: ExperimentConfig, data_key: str, method: str, seed: int, 
                   str(run_dir.resolve()))
 
 
-@flow(name="train-eval", log_prints=True, task_runner=task_runner("thread"))
+# One task at a time by default: training seeds torch's process-wide RNG (initialisation, dropout),
+# so two fits in threads of one process would draw from each other's stream. Dask workers are
+# separate single-threaded processes, so there tasks run in parallel and stay reproducible.
+@flow(name="train-eval", log_prints=True, task_runner=task_runner("thread", threads=1))
 def train_eval(config: ExperimentConfig = ExperimentConfig()) -> TrainEvalOutcome:
     """Train and evaluate every method x seed of ``config`` and write the run directory.
 
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> TrainEvalOutcome:
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 1 2)")
     parser.add_argument("--epochs", type=int, help="override every trainable method's epochs")
     parser.add_argument("--runs-root", help="where run directories go (default: runs)")
-    add_runner_arguments(parser)
+    add_runner_arguments(parser, threads=1)
     args = parser.parse_args(argv)
     config = load_config(args.config, {
         "shards": str(args.features) if args.features else None, "methods": args.methods, "seeds": args.seeds,

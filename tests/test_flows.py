@@ -209,20 +209,20 @@ def test_changed_extractor_config_recomputes_only_extraction(first, manifest: Pa
 
 def test_train_eval_matches_the_plain_experiment_and_is_cached(first, tmp_path: Path) -> None:
     shards = first[1].result().shards
-    config = ExperimentConfig(shards=str(shards), methods=["hscmae", "linear-cca"], seeds=[0], epochs=2,
+    config = ExperimentConfig(shards=str(shards), methods=["hscmae", "clip", "linear-cca"], seeds=[0], epochs=2,
                               val_fraction=0.15, runs_root=str(tmp_path / "runs"))
     state = train_eval(config, return_state=True)
     assert state.is_completed(), state
     outcome = state.result()
     flow_run_id = state.state_details.flow_run_id
-    states = _task_states(flow_run_id, 4)
-    assert states["hscmae"] == Counter(Completed=1) and states["linear-cca"] == Counter(Completed=1)
+    states = _task_states(flow_run_id, 5)
+    assert states["hscmae"] == states["clip"] == states["linear-cca"] == Counter(Completed=1)
 
     # the same experiment without Prefect gives the same numbers
     plain = run_experiment(dataclasses.replace(config, run_dir=str(tmp_path / "plain")), progress=False)
     got = json.loads((outcome.run_dir / "metrics.json").read_text())["aggregate"]
     want = json.loads((plain / "metrics.json").read_text())["aggregate"]
-    assert got.keys() == want.keys() == {"hscmae", "linear-cca"}
+    assert got.keys() == want.keys() == {"hscmae", "clip", "linear-cca"}
     for method in got:
         for metric, stats in want[method].items():
             assert got[method][metric]["mean"] == pytest.approx(stats["mean"], abs=1e-6), (method, metric)
@@ -237,8 +237,8 @@ def test_train_eval_matches_the_plain_experiment_and_is_cached(first, tmp_path: 
     assert list((outcome.run_dir / "checkpoints").glob("*/best.safetensors"))
 
     again = train_eval(config, return_state=True)
-    states = _task_states(again.state_details.flow_run_id, 4)
-    assert states["hscmae"] == Counter(Cached=1) and states["linear-cca"] == Counter(Cached=1)
+    states = _task_states(again.state_details.flow_run_id, 5)
+    assert states["hscmae"] == states["clip"] == states["linear-cca"] == Counter(Cached=1)
     assert states["summarise"] == Counter(Cached=1)
     assert again.result().table == outcome.table
 
