@@ -17,6 +17,7 @@ from prefect import flow
 
 from extractors.extract import ExtractConfig
 from flows.build_features import DEFAULT_OUT, build_features
+from flows.common import task_runner
 from flows.train_eval import TrainEvalOutcome, train_eval
 from hscmae.experiment import ExperimentConfig
 from pipeline.demo import DemoConfig
@@ -47,8 +48,11 @@ def demo(
     features = build_features(
         demo_clips=clips, demo=DemoConfig(seconds=seconds), out=out,
         extract=ExtractConfig(visual_model=visual_model, audio_weights="random", visual_weights="random"))
-    return train_eval(ExperimentConfig(shards=str(features.shards), seeds=list(seeds), epochs=epochs,
-                                       runs_root=runs_root))
+    # methods x seeds on two single-threaded Dask worker processes: parallel, yet reproducible
+    # (threads of one process would share torch's RNG; see flows.train_eval)
+    parallel = train_eval.with_options(task_runner=task_runner("dask", workers=2))
+    return parallel(ExperimentConfig(shards=str(features.shards), seeds=list(seeds), epochs=epochs,
+                                     runs_root=runs_root))
 
 
 def main(argv: list[str] | None = None) -> TrainEvalOutcome:
