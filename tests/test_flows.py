@@ -41,6 +41,7 @@ from flows.train_eval import train_eval
 from hscmae.experiment import ExperimentConfig, run_experiment
 from pipeline.acquire import AcquireConfig, acquire
 from pipeline.demo import LABELS_FILE, DemoConfig, write_demo
+from pipeline.digest import sha256_file
 from pipeline.folder import SplitConfig, build_folder_manifest
 from pipeline.manifest import write_manifest
 from pipeline.media import SegmentConfig
@@ -131,8 +132,9 @@ def _artifacts(flow_run_id: UUID) -> dict[str, object]:
     return {a.key: a for a in found if a.key}
 
 
-def _shard_bytes(shards: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(shards.glob("*.parquet"))}
+def _shard_bytes(shards: Path) -> dict[str, str]:
+    """sha256 of each shard's bytes, by file name (a mismatch reports short digests, not megabytes)."""
+    return {p.name: sha256_file(p) for p in sorted(shards.glob("*.parquet"))}
 
 
 @pytest.fixture(scope="module")
