@@ -26,7 +26,7 @@ from extractors.logmel import num_examples
 from extractors.vggish import AudioExtractor, build_audio
 from extractors.visual import VisualExtractor, build_visual
 from pipeline.failures import Failure
-from pipeline.shards import CLIP_ID_PATTERN, SPLITS, ClipFeatures, write_shard
+from pipeline.shards import CLIP_ID_PATTERN, SPLITS, ClipFeatures, is_clip_id, write_shard
 
 if TYPE_CHECKING:
     from pipeline.media import Segment
@@ -123,7 +123,7 @@ class Extractors:
 
 
 def _check_job(job: ClipJob) -> None:
-    if not isinstance(job.clip_id, str) or not CLIP_ID_PATTERN.match(job.clip_id):
+    if not is_clip_id(job.clip_id):
         raise ValueError(f"clip job {job.clip_id!r}: clip_id must match {CLIP_ID_PATTERN.pattern}")
     if job.split not in SPLITS:
         raise ValueError(f"clip job {job.clip_id!r}: split {job.split!r} is not one of {SPLITS}")

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.manifest import Anomaly, ManifestBuild, ManifestError, validate_manifest
-from pipeline.shards import CLIP_ID_PATTERN, SPLITS
+from pipeline.shards import CLIP_ID_PATTERN, SPLITS, is_clip_id
 from pipeline.splits import carve_val, stratified_holdout
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg")
@@ -119,7 +119,7 @@ def read_labels_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
 
 
 def _check_ids(ids: pd.Series, frame: pd.DataFrame, where: str) -> None:
-    unsafe = np.flatnonzero(~ids.str.fullmatch(CLIP_ID_PATTERN.pattern.strip("^$")).to_numpy())
+    unsafe = np.flatnonzero(~ids.map(is_clip_id).to_numpy(dtype=bool))
     if len(unsafe):
         i = int(unsafe[0])
         raise ManifestError(f"{where}, {frame['line'].iloc[i]}: clip_id {ids.iloc[i]!r} must match "

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from pipeline import decode
 from pipeline.atomic import atomic_path
 from pipeline.failures import Failure
-from pipeline.shards import CLIP_ID_PATTERN
+from pipeline.shards import CLIP_ID_PATTERN, is_clip_id
 
 log = logging.getLogger(__name__)
 STAGE = "segment"
@@ -169,7 +169,7 @@ def load_segment(path: str | os.PathLike[str]) -> Segment:
 
 def clip_path(directory: str | os.PathLike[str], clip_id: str, suffix: str) -> Path:
     """``directory/<clip_id><suffix>``; raises ``ValueError`` for an id that is not a plain name (CLIP_ID_PATTERN)."""
-    if not isinstance(clip_id, str) or not CLIP_ID_PATTERN.match(clip_id) or clip_id in (".", ".."):
+    if not is_clip_id(clip_id):
         raise ValueError(f"clip_id {clip_id!r} is not a valid name (must match {CLIP_ID_PATTERN.pattern})")
     return Path(directory) / f"{clip_id}{suffix}"
 

@@ -102,6 +102,11 @@ class FeatureSet:
         )
 
 
+def is_clip_id(value: object) -> bool:
+    """True when ``value`` is a string usable as a clip id and as a file name (CLIP_ID_PATTERN)."""
+    return isinstance(value, str) and CLIP_ID_PATTERN.match(value) is not None
+
+
 def uses_random_weights(meta: Mapping[str, Any]) -> bool:
     """True when any modality's extractor ran with random weights."""
     return any(meta.get(m, {}).get("weights") == RANDOM_WEIGHTS for m in MODALITIES)
@@ -132,7 +137,7 @@ def _check_meta(meta: Mapping[str, Any], where: str) -> None:
 def check_clip(clip: ClipFeatures, where: str, row: int) -> None:
     """Raise :class:`ShardError` naming ``where``, the row and the clip if ``clip`` breaks the contract."""
     at = f"{where}, row {row}, clip {clip.clip_id!r}"
-    if not isinstance(clip.clip_id, str) or not CLIP_ID_PATTERN.match(clip.clip_id):
+    if not is_clip_id(clip.clip_id):
         raise ShardError(f"{at}: clip_id must match {CLIP_ID_PATTERN.pattern}")
     if clip.label is None or clip.label == "" or clip.label_id is None or int(clip.label_id) < 0:
         raise ShardError(f"{at}: label is absent (label={clip.label!r}, label_id={clip.label_id!r})")
