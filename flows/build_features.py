@@ -44,9 +44,11 @@ from pipeline.acquire import AcquireConfig, acquire, availability_failures, avai
 from pipeline.atomic import atomic_path
 from pipeline.demo import LABELS_FILE, DemoConfig, write_demo
 from pipeline.digest import sha256_file
+from pipeline.errors import add_debug_argument, user_errors
 from pipeline.failures import Failure, failures_frame, read_failures, write_failures
 from pipeline.folder import SplitConfig, build_folder_manifest
-from pipeline.manifest import read_manifest, write_manifest
+from pipeline.inputs import check_build_features
+from pipeline.manifest_schema import read_manifest, write_manifest
 from pipeline.media import SegmentConfig, segment_clip
 from pipeline.youtube import TRANSIENT
 
@@ -210,7 +212,7 @@ def _manifest(manifest: Path | None, demo: DemoConfig, demo_clips: int, out: Pat
     folder = demo_videos.with_options(result_storage=results_dir(out))(
         key, demo_clips, demo, out / "demo" / short(key))
     # the demo's own splits, with no val carved here: small demo sets have too few train clips per class
-    built = build_folder_manifest(folder, dataset="demo", split_file=folder / LABELS_FILE,
+    built = build_folder_manifest(folder / LABELS_FILE, dataset="demo", times="event",
                                   splitting=SplitConfig(val_fraction=0.0))
     return built.frame, "demo"
 
@@ -326,7 +328,11 @@ def main(argv: list[str] | None = None) -> FeatureSetOutcome:
     parser.add_argument("--root", type=Path, help="folder that relative file sources are relative to")
     parser.add_argument("--archive", type=Path, help="zip or folder holding archive sources")
     add_runner_arguments(parser)
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
+    with user_errors(args.debug):
+        check_build_features(args.manifest, root=args.root, archive=args.archive, clips_per_shard=args.clips_per_shard,
+                             demo_clips=args.demo_clips, demo_seconds=args.demo_seconds)
     run = build_features.with_options(task_runner=runner_from_arguments(args))
     return run(manifest=args.manifest, demo_clips=args.demo_clips, demo=DemoConfig(seconds=args.demo_seconds),
                out=args.out, clips_per_shard=args.clips_per_shard,

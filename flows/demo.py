@@ -21,6 +21,8 @@ from flows.common import task_runner
 from flows.train_eval import TrainEvalOutcome, train_eval
 from hscmae.experiment import ExperimentConfig
 from pipeline.demo import DemoConfig
+from pipeline.errors import add_debug_argument, user_errors
+from pipeline.inputs import check_demo
 
 DEMO_CLIPS = 120
 DEMO_SECONDS = 5.0
@@ -65,7 +67,10 @@ def main(argv: list[str] | None = None) -> TrainEvalOutcome:
     parser.add_argument("--epochs", type=int, help="override every trainable method's epochs")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output root of build-features")
     parser.add_argument("--runs-root", default="runs", help="where the run directory goes")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
+    with user_errors(args.debug):
+        check_demo(args.clips, args.seconds, args.seeds, args.epochs)
     outcome = demo(
         clips=args.clips, seconds=args.seconds, visual_model=args.visual_model, seeds=args.seeds,
         epochs=args.epochs, out=args.out, runs_root=args.runs_root)
@@ -74,4 +79,6 @@ def main(argv: list[str] | None = None) -> TrainEvalOutcome:
 
 
 if __name__ == "__main__":
-    main()
+    from flows.demo import main as module_main  # the importable module's copy, as the other flows do
+
+    module_main()

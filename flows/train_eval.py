@@ -30,6 +30,8 @@ from flows.common import (add_runner_arguments, digest, files_digest, key_of, li
                           runner_from_arguments, short, source_digest, task_runner)
 from hscmae.experiment import ExperimentConfig, MethodResult, PreparedData, prepare, run_one, summarise
 from hscmae.synthetic import SyntheticConfig, write_synthetic
+from pipeline.errors import add_debug_argument, named_errors, user_errors
+from pipeline.inputs import check_train_eval
 from pipeline.shards import shard_paths
 
 TRAIN_CODE = ("hscmae", "pipeline.shards", "pipeline.splits")
@@ -165,10 +167,14 @@ def main(argv: list[str] | None = None) -> TrainEvalOutcome:
     parser.add_argument("--epochs", type=int, help="override every trainable method's epochs")
     parser.add_argument("--runs-root", help="where run directories go (default: runs)")
     add_runner_arguments(parser, threads=1)
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
-    config = load_config(args.config, {
-        "shards": str(args.features) if args.features else None, "methods": args.methods, "seeds": args.seeds,
-        "epochs": args.epochs, "runs_root": args.runs_root})
+    with user_errors(args.debug):
+        check_train_eval(args.features, args.config, seeds=args.seeds, epochs=args.epochs)
+        with named_errors(args.config or "command line"):
+            config = load_config(args.config, {
+                "shards": str(args.features) if args.features else None, "methods": args.methods, "seeds": args.seeds,
+                "epochs": args.epochs, "runs_root": args.runs_root})
     return train_eval.with_options(task_runner=runner_from_arguments(args))(config)
 
 

@@ -1,6 +1,9 @@
 """Acquisition: find or fetch each manifest row's source media; the outcome table is the availability report.
 
-* ``file`` sources are read in place (relative paths against ``AcquireConfig.root``).
+* ``file`` sources are read in place: relative paths against ``AcquireConfig.root``, else
+  the manifest's root (``frame.attrs["root"]``); one that leaves the root after resolving
+  symlinks is not read (outcome ``outside_root``). Absolute sources were opted in when the
+  manifest was built (``--allow-outside-root``).
 * ``archive`` sources are members of ``AcquireConfig.archive``: a folder is read in place;
   from a zip only the needed member is extracted into the cache (decord and PyAV need a
   path), once per member, so nothing else is unpacked.
@@ -24,6 +27,7 @@ from tqdm import tqdm
 from pipeline import youtube
 from pipeline.atomic import atomic_path
 from pipeline.failures import Failure
+from pipeline.manifest_schema import manifest_root
 
 AVAILABILITY_COLUMNS = ("clip_id", "source_kind", "source", "outcome", "path", "local_start_s", "message")
 AVAILABLE = ("present", youtube.DOWNLOADED)
@@ -35,7 +39,7 @@ class AcquireConfig:
     """Where sources are read from and fetched to."""
 
     cache_dir: Path = Path("cache/media")  # zip members and downloads; the availability table
-    root: Path | None = None  # folder that relative ``file`` sources are relative to
+    root: Path | None = None  # folder that relative ``file`` sources are relative to (default: the manifest's)
     archive: Path | None = None  # zip file or folder holding ``archive`` sources
     youtube: youtube.YouTubeConfig = field(default_factory=youtube.YouTubeConfig)
 
@@ -54,10 +58,13 @@ def _local_row(row: object, path: Path | None, message: str) -> dict[str, object
             "local_start_s": 0.0, "message": message}
 
 
-def _find_file(row: object, config: AcquireConfig) -> dict[str, object]:
+def _find_file(row: object, root: Path | None) -> dict[str, object]:
     path = Path(row.source)
-    if not path.is_absolute() and config.root is not None:
-        path = config.root / path
+    if not path.is_absolute() and root is not None:
+        path = root / path
+        if not path.resolve().is_relative_to(root.resolve()):
+            return {**_local_row(row, None, f"{path} resolves to {path.resolve()}, outside the dataset root {root}"),
+                    "outcome": "outside_root"}
     return _local_row(row, path if path.is_file() else None, "" if path.is_file() else f"no file {path}")
 
 
@@ -97,7 +104,8 @@ def acquire(manifest: pd.DataFrame, config: AcquireConfig = AcquireConfig()) -> 
     table_path = cache / AVAILABILITY_FILE
     previous = pd.read_parquet(table_path) if table_path.is_file() else None
     rows = list(manifest.itertuples(index=False))
-    results = [_find_file(r, config) for r in rows if r.source_kind == "file"]
+    root = config.root or manifest_root(manifest)
+    results = [_find_file(r, root) for r in rows if r.source_kind == "file"]
     results += _from_archive([r for r in rows if r.source_kind == "archive"], config)
     online = manifest[manifest["source_kind"] == "youtube"]
     if len(online):

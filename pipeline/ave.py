@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.cards import DatasetCard, load_card
-from pipeline.manifest import Anomaly, ManifestBuild, ManifestError, validate_manifest
+from pipeline.manifest_schema import Anomaly, ManifestBuild, ManifestError, validate_manifest
 from pipeline.shards import SPLITS
 
 HEADER = ("Category", "VideoID", "Quality", "StartTime", "EndTime")

@@ -20,13 +20,14 @@ import yaml
 
 from pipeline.atomic import atomic_path
 from pipeline.digest import sha256_file
+from pipeline.errors import UserError
 
 CARDS_DIR = Path(__file__).resolve().parents[1] / "data_manifests"
 _REQUIRED_KEYS = ("name", "title", "license", "classes", "expected", "splits", "sources")
 _CHUNK = 1 << 20
 
 
-class CardError(ValueError):
+class CardError(UserError):
     """A card, or a file checked against it, is not what it should be; the message names both."""
 
 

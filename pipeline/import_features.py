@@ -10,6 +10,10 @@ Two layouts:
 - One HDF5 with ``audio_train``, ``visual_train``, ``lab_train`` and the same for ``test``:
   ``[N, D]`` per clip or ``[N, T, D]`` per second; labels one-hot ``[N, C]`` or integers ``[N]``.
 
+A row whose values are all equal (all zeros, say) carries no signal and usually marks a
+missing clip: such rows are refused by default (``constant_rows="keep"`` imports them and
+lists them). Label widths must agree between splits. Errors name the input file and row.
+
 Shards hold a fixed number of clips and the whole output directory appears at once: on any
 error nothing is left behind. The shard metadata names the source files and their sha256
 in place of extractor weights, which were not ours.
@@ -26,7 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import h5py
 import numpy as np
@@ -34,9 +38,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.ave import ave_clip_id, read_ave_lines
-from pipeline.cards import CardError, DatasetCard, FeatureSpec, load_card
+from pipeline.cards import DatasetCard, FeatureSpec, load_card
 from pipeline.digest import sha256_file
-from pipeline.manifest import ManifestError, read_manifest
+from pipeline.errors import UserError, add_debug_argument, require_file, user_errors
+from pipeline.manifest_schema import read_manifest
 from pipeline.shards import ClipFeatures, ShardError, write_shard
 from pipeline.splits import carve_val
 
@@ -46,16 +51,20 @@ SINGLE_FILE_SPLITS = ("train", "test")
 SINGLE_FILE_DIMS = {"audio": 128, "visual": 1024}
 
 
-class FeatureImportError(ValueError):
+class FeatureImportError(UserError):
     """A feature file cannot be imported; the message names the file, the row and the problem."""
 
 
+ConstantRows = Literal["refuse", "keep"]
+
+
 @contextmanager
-def staged_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
+def staged_dir(out_dir: str | os.PathLike[str], source: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary directory beside ``out_dir``; on success it becomes ``out_dir``.
 
     ``out_dir`` must not exist or be empty. On any exception the temporary directory is
-    removed, so a failed import leaves nothing behind.
+    removed, so a failed import leaves nothing behind; a shard error names ``source`` (the
+    input), never the temporary directory.
     """
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -63,7 +72,10 @@ def staged_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        yield staging
+        try:
+            yield staging
+        except ShardError as exc:
+            raise FeatureImportError(f"{source}: " + str(exc).replace(f"{staging}{os.sep}", "")) from None
         if out.exists():
             out.rmdir()
         os.replace(staging, out)
@@ -98,10 +110,42 @@ def _check_finite(values: np.ndarray, where: str, rows: np.ndarray, names: Seque
         raise FeatureImportError(f"{where}, row {int(rows[i])} (clip {names[i]!r}): non-finite values (NaN or inf)")
 
 
+def _check_constant(values: np.ndarray, where: str, names: Sequence[str], policy: ConstantRows,
+                    found: list[str]) -> None:
+    """Rows of ``values`` ``[N, ...]`` whose values are all equal: refused, or (``keep``) added to ``found``."""
+    flat = values.reshape(len(values), -1)
+    constant = np.flatnonzero((flat == flat[:, :1]).all(axis=1)) if flat.shape[1] else np.arange(0)
+    described = [f"{where}, row {int(i)} (clip {names[int(i)]!r}): every value is {flat[int(i), 0]:g}" for i in constant]
+    if described and policy == "refuse":
+        more = f" ({len(described)} rows in all; --constant-rows keep imports them)" if len(described) > 1 \
+            else " (--constant-rows keep imports it)"
+        raise FeatureImportError(described[0] + more)
+    found.extend(described)
+
+
+@contextmanager
+def open_h5(path: str | os.PathLike[str]) -> Iterator[h5py.File]:
+    """Open an HDF5 file for reading; a missing, non-HDF5 or truncated file is a :class:`FeatureImportError`."""
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        raise FeatureImportError(f"{path}: not a readable HDF5 file ({' '.join(str(exc).split())})") from None
+    with h5:
+        try:
+            yield h5
+        except (OSError, KeyError) as exc:  # a truncated file opens, then fails on read
+            raise FeatureImportError(f"{path}: HDF5 data cannot be read, truncated or damaged? "
+                                     f"({' '.join(str(exc).split())})") from None
+
+
 def _dataset(h5: h5py.File, name: str, path: str | os.PathLike[str]) -> h5py.Dataset:
     if name not in h5:
         raise FeatureImportError(f"{path}: no dataset '{name}' (has {sorted(h5.keys())})")
-    return h5[name]
+    dataset = h5[name]
+    if not isinstance(dataset, h5py.Dataset) or not np.issubdtype(dataset.dtype, np.number):
+        kind = dataset.dtype if isinstance(dataset, h5py.Dataset) else "a group"
+        raise FeatureImportError(f"{path}: dataset '{name}' holds {kind}, expected numbers")
+    return dataset
 
 
 def _published(spec: FeatureSpec, path: str | os.PathLike[str], **params: Any) -> dict[str, Any]:
@@ -125,17 +169,19 @@ def _annotation_rows(manifest: pd.DataFrame, annotations: str | os.PathLike[str]
 def import_ave_features(audio_h5: str | os.PathLike[str], visual_h5: str | os.PathLike[str],
                         manifest: pd.DataFrame, annotations: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                         *, card: DatasetCard | None = None, shard_size: int = SHARD_SIZE,
-                        read_chunk: int = READ_CHUNK) -> list[Path]:
+                        read_chunk: int = READ_CHUNK, constant_rows: ConstantRows = "refuse") -> list[Path]:
     """Import AVE's released features for the clips of ``manifest`` into shards under ``out_dir``.
 
     ``annotations`` gives the row order of the HDF5 files; each manifest clip is found by its
     clip id. Audio ``[N, 10, 128]`` is kept; visual ``[N, 10, 7, 7, 512]`` becomes its mean over
     the 7x7 grid, ``[N, 10, 512]``. Returns the shard paths (clips in annotation order).
+    ``constant_rows``: refuse rows whose values are all equal, or keep them (printed).
     """
     card = card or load_card("ave")
     n_rows, wanted = _annotation_rows(manifest, annotations, card)
     specs, paths = card.features, {"audio": audio_h5, "visual": visual_h5}
-    with h5py.File(audio_h5, "r") as fa, h5py.File(visual_h5, "r") as fv:
+    constant: list[str] = []
+    with open_h5(audio_h5) as fa, open_h5(visual_h5) as fv:
         data = {"audio": _dataset(fa, specs["audio"].dataset, audio_h5), "visual": _dataset(fv, specs["visual"].dataset, visual_h5)}
         for name, path in paths.items():
             expected = (n_rows, *specs[name].shape)
@@ -145,7 +191,7 @@ def import_ave_features(audio_h5: str | os.PathLike[str], visual_h5: str | os.Pa
         meta = {"audio": _published(specs["audio"], audio_h5),
                 "visual": _published(specs["visual"], visual_h5, pooling="mean over the 7x7 grid"),
                 "dataset": card.name, "source": "published features"}
-        with staged_dir(out_dir) as staging:
+        with staged_dir(out_dir, audio_h5) as staging:
             writer = ShardWriter(directory=staging, meta=meta, size=shard_size)
             for start in tqdm(range(0, n_rows, read_chunk), desc="import AVE features", unit="chunk"):
                 stop = min(start + read_chunk, n_rows)
@@ -158,12 +204,21 @@ def import_ave_features(audio_h5: str | os.PathLike[str], visual_h5: str | os.Pa
                 visual = data["visual"][start:stop][chosen - start].mean(axis=(2, 3), dtype=np.float64).astype(np.float32)
                 _check_finite(audio, str(audio_h5), chosen, names)
                 _check_finite(visual, str(visual_h5), chosen, names)
+                _check_constant(audio, str(audio_h5), names, constant_rows, constant)
+                _check_constant(visual, str(visual_h5), names, constant_rows, constant)
                 for k, i in enumerate(chosen):
                     row = wanted[int(i)]
                     writer.add(ClipFeatures(clip_id=row.clip_id, label=row.label, label_id=int(row.label_id),
                                             split=row.split, audio=audio[k], visual=visual[k]))
             writer.flush()
+    _print_constant(constant)
     return [Path(out_dir) / p.name for p in writer.paths]
+
+
+def _print_constant(found: Sequence[str]) -> None:
+    if found:
+        print(f"warning: {len(found)} constant feature rows imported (--constant-rows keep):\n  "
+              + "\n  ".join(found[:20]) + ("\n  ..." if len(found) > 20 else ""), file=sys.stderr)
 
 
 def _labels(raw: np.ndarray, path: str | os.PathLike[str], name: str) -> tuple[np.ndarray, int | None]:
@@ -184,9 +239,9 @@ def _labels(raw: np.ndarray, path: str | os.PathLike[str], name: str) -> tuple[n
 
 
 def _per_second(array: np.ndarray, path: str | os.PathLike[str], name: str, dim: int) -> np.ndarray:
-    """``[N, D]`` -> ``[N, 1, D]``; ``[N, T, D]`` kept; anything else, or ``D != dim``, is an error."""
-    if array.ndim not in (2, 3) or array.shape[-1] != dim:
-        raise FeatureImportError(f"{path}: {name} has shape {array.shape}, expected [N, {dim}] or [N, T, {dim}]")
+    """``[N, D]`` -> ``[N, 1, D]``; ``[N, T, D]`` kept; anything else, ``T = 0`` or ``D != dim``, is an error."""
+    if array.ndim not in (2, 3) or array.shape[-1] != dim or (array.ndim == 3 and array.shape[1] == 0):
+        raise FeatureImportError(f"{path}: {name} has shape {array.shape}, expected [N, {dim}] or [N, T>0, {dim}]")
     return (array[:, None, :] if array.ndim == 2 else array).astype(np.float32)
 
 
@@ -200,7 +255,8 @@ class _SinglePart:
     width: int | None  # C for one-hot labels
 
 
-def _read_single_part(h5: h5py.File, path: str | os.PathLike[str], split: str, dims: Mapping[str, int]) -> _SinglePart:
+def _read_single_part(h5: h5py.File, path: str | os.PathLike[str], split: str, dims: Mapping[str, int],
+                      constant_rows: ConstantRows, constant: list[str]) -> _SinglePart:
     audio = _per_second(_dataset(h5, f"audio_{split}", path)[()], path, f"audio_{split}", dims["audio"])
     visual = _per_second(_dataset(h5, f"visual_{split}", path)[()], path, f"visual_{split}", dims["visual"])
     labels, width = _labels(_dataset(h5, f"lab_{split}", path)[()], path, f"lab_{split}")
@@ -209,22 +265,30 @@ def _read_single_part(h5: h5py.File, path: str | os.PathLike[str], split: str, d
     names = [f"{split}_{i:05d}" for i in range(len(labels))]
     _check_finite(audio, f"{path}: audio_{split}", np.arange(len(labels)), names)
     _check_finite(visual, f"{path}: visual_{split}", np.arange(len(labels)), names)
+    _check_constant(audio, f"{path}: audio_{split}", names, constant_rows, constant)
+    _check_constant(visual, f"{path}: visual_{split}", names, constant_rows, constant)
     return _SinglePart(audio, visual, labels, width)
 
 
 def import_single_file(h5_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
                        classes: Sequence[str] | None = None, dataset: str = "published",
                        dims: Mapping[str, int] = SINGLE_FILE_DIMS, val_fraction: float = 0.1, seed: int = 0,
-                       shard_size: int = SHARD_SIZE) -> list[Path]:
+                       shard_size: int = SHARD_SIZE, constant_rows: ConstantRows = "refuse") -> list[Path]:
     """Import one HDF5 with ``{audio,visual,lab}_{train,test}`` into shards under ``out_dir``.
 
     Clip ids are ``<split>_<row>`` of the file (``train_00012``); a stratified ``val_fraction``
     of train becomes val (0 keeps none). ``classes`` names the label ids (default ``class_<i>``);
-    with one-hot labels their number must equal ``C``.
+    with one-hot labels their number must equal ``C``; one-hot widths must agree between splits.
+    ``constant_rows``: refuse rows whose values are all equal, or keep them (printed).
     """
-    with h5py.File(h5_path, "r") as h5:
-        parts = {split: _read_single_part(h5, h5_path, split, dims) for split in SINGLE_FILE_SPLITS}
+    constant: list[str] = []
+    with open_h5(h5_path) as h5:
+        parts = {split: _read_single_part(h5, h5_path, split, dims, constant_rows, constant)
+                 for split in SINGLE_FILE_SPLITS}
     widths = [p.width for p in parts.values() if p.width is not None]
+    if len(set(widths)) > 1:
+        raise FeatureImportError(f"{h5_path}: one-hot label widths differ between splits ("
+                                 + ", ".join(f"lab_{s} {p.width}" for s, p in parts.items()) + ")")
     n_classes = max(widths + [int(p.labels.max()) + 1 for p in parts.values() if len(p.labels)])
     if classes is None:
         classes = [f"class_{i}" for i in range(n_classes)]
@@ -244,12 +308,13 @@ def import_single_file(h5_path: str | os.PathLike[str], out_dir: str | os.PathLi
     meta |= {"dataset": dataset, "source": "published features", "split": {"val_from_train": val_fraction, "seed": seed}}
     audio = [a for s in SINGLE_FILE_SPLITS for a in parts[s].audio]
     visual = [v for s in SINGLE_FILE_SPLITS for v in parts[s].visual]
-    with staged_dir(out_dir) as staging:
+    with staged_dir(out_dir, h5_path) as staging:
         writer = ShardWriter(directory=staging, meta=meta, size=shard_size)
         for i, name in enumerate(names):
             writer.add(ClipFeatures(clip_id=name, label=classes[int(labels[i])], label_id=int(labels[i]),
                                     split=str(split[i]), audio=audio[i], visual=visual[i]))
         writer.flush()
+    _print_constant(constant)
     return [Path(out_dir) / p.name for p in writer.paths]
 
 
@@ -276,28 +341,38 @@ def _parser() -> argparse.ArgumentParser:
     for cmd in (ave, single):
         cmd.add_argument("--out", type=Path, required=True, help="new (or empty) shard directory")
         cmd.add_argument("--shard-size", type=int, default=SHARD_SIZE, help="clips per shard")
+        cmd.add_argument("--constant-rows", choices=("refuse", "keep"), default="refuse",
+                         help="feature rows whose values are all equal (all zeros): refuse (default) or keep")
+        add_debug_argument(cmd)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``python -m pipeline.import_features {ave,single} ... --out DIR``; prints clips per split."""
     args = _parser().parse_args(argv)
-    try:
+    with user_errors(args.debug):
+        for path in ([args.audio, args.visual, args.annotations] if args.layout == "ave" else [args.h5]):
+            require_file(path, "input file")
+        if args.shard_size < 1:
+            raise FeatureImportError(f"--shard-size: must be >= 1, got {args.shard_size}")
         if args.layout == "ave":
             paths = import_ave_features(args.audio, args.visual, read_manifest(args.manifest), args.annotations,
-                                        args.out, shard_size=args.shard_size, read_chunk=args.read_chunk)
+                                        args.out, shard_size=args.shard_size, read_chunk=args.read_chunk,
+                                        constant_rows=args.constant_rows)
         else:
+            if not 0.0 <= args.val_fraction < 1.0:
+                raise FeatureImportError(f"--val-fraction: must be in [0, 1), got {args.val_fraction}")
             classes = args.classes or (load_card(args.card).classes if args.card else None)
             paths = import_single_file(args.h5, args.out, classes=classes, dataset=args.card or args.dataset,
                                        dims={"audio": args.audio_dim, "visual": args.visual_dim},
-                                       val_fraction=args.val_fraction, seed=args.seed, shard_size=args.shard_size)
-    except (FeatureImportError, ManifestError, CardError, ShardError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+                                       val_fraction=args.val_fraction, seed=args.seed, shard_size=args.shard_size,
+                                       constant_rows=args.constant_rows)
     splits = pd.concat([pd.read_parquet(p, columns=["split"]) for p in paths])["split"].value_counts()
     print(f"wrote {len(paths)} shards to {args.out}: " + ", ".join(f"{s} {n}" for s, n in splits.items()))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipeline.import_features import main as module_main  # the importable module's error classes
+
+    raise SystemExit(module_main())

@@ -1,169 +1,34 @@
-"""Manifests: one row per clip, saying what to fetch, which seconds to cut and its label.
+"""``python -m pipeline.manifest {ave,vegas,folder} ... --out OUT.parquet``: build a manifest.
 
-Schema (this module owns it): ``clip_id`` (unique, ``[A-Za-z0-9_.-]+``), ``dataset``,
-``source`` (a YouTube id, a path inside an archive, or a file path), ``source_kind``
-(``youtube`` | ``archive`` | ``file``), ``clip_start_s``/``clip_end_s`` (where the clip
-sits in the source; ``clip_end_s`` NaN means "to the end of the source"), ``event_start_s``/``event_end_s`` (the annotated event, relative
-to the clip; NaN when the dataset has no event annotation), ``label``, ``label_id``, ``split`` (``train``/``val``/``test``).
-
-Builders (``pipeline.ave``, ``pipeline.vegas``, ``pipeline.folder``) return a :class:`ManifestBuild`:
-the manifest plus the anomalies they found. ``python -m pipeline.manifest {ave,vegas,folder} ...
---out OUT.parquet`` writes it with ``OUT.report.json`` and prints counts by class and split.
+Writes the manifest with ``OUT.report.json`` and prints counts by class and split and the
+anomalies. The contract (schema, validation, errors) lives in :mod:`pipeline.manifest_schema`;
+this module is the command line only: it imports the builders, which import the contract.
+Bad input is one line ``error: <file>[, line N]: <what is wrong>`` (a table when several rows
+are bad) and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
-import numpy as np
-import pandas as pd
-
-from pipeline.atomic import atomic_path
+from pipeline import ave, cards, folder, vegas
 from pipeline.digest import sha256_file
-from pipeline.shards import CLIP_ID_PATTERN, SPLITS, is_clip_id
-
-MANIFEST_COLUMNS = (
-    "clip_id", "dataset", "source", "source_kind", "clip_start_s", "clip_end_s",
-    "event_start_s", "event_end_s", "label", "label_id", "split",
-)
-SOURCE_KINDS = ("youtube", "archive", "file")
-_FLOAT_COLUMNS = ("clip_start_s", "clip_end_s", "event_start_s", "event_end_s")
-
-
-class ManifestError(ValueError):
-    """A manifest breaks the contract; the message names the file, the row and the problem."""
-
-
-@dataclass(frozen=True)
-class Anomaly:
-    """Something in a dataset's metadata that a user must know about (kept or dropped per a policy).
-
-    Args:
-        kind: ``zero_length_event``, ``cross_split_video``, ``shared_video``, ``segment_missing``...
-        subject: the clip id or YouTube id concerned ("" for a summary line).
-        detail: what was found and what the builder did with it.
-    """
-
-    kind: str
-    subject: str
-    detail: str
-
-
-@dataclass
-class ManifestBuild:
-    """A built manifest with what the builder found on the way.
-
-    ``frame`` is a validated manifest; ``classes`` the label names in ``label_id`` order;
-    ``policies`` the choices that decided which rows were kept; ``sources`` file -> sha256.
-    """
-
-    frame: pd.DataFrame
-    anomalies: list[Anomaly]
-    classes: tuple[str, ...]
-    policies: dict[str, object] = field(default_factory=dict)
-    sources: dict[str, str] = field(default_factory=dict)
-
-
-def validate_manifest(frame: pd.DataFrame, where: str) -> pd.DataFrame:
-    """Check ``frame`` against the schema and return it with canonical dtypes and column order.
-
-    Raises :class:`ManifestError` naming ``where`` and the first offending row.
-    """
-    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ManifestError(f"{where}: missing columns {missing}")
-    frame = frame.loc[:, list(MANIFEST_COLUMNS)].reset_index(drop=True)
-
-    def fail(mask: np.ndarray | pd.Series, problem: str) -> None:
-        rows = np.flatnonzero(np.asarray(mask))
-        if len(rows):
-            row = int(rows[0])
-            raise ManifestError(
-                f"{where}, row {row} (clip_id {frame.at[row, 'clip_id']!r}): {problem}"
-                + (f" ({len(rows)} rows in all)" if len(rows) > 1 else "")
-            )
-
-    ids = frame["clip_id"].astype("string")
-    fail(~frame["clip_id"].map(is_clip_id).to_numpy(dtype=bool), f"clip_id must match {CLIP_ID_PATTERN.pattern} (no path separators)")
-    fail(ids.duplicated(), "duplicate clip_id")
-    fail(~frame["source_kind"].isin(SOURCE_KINDS), f"source_kind must be one of {SOURCE_KINDS}")
-    fail(frame["source"].isna() | (frame["source"].astype(str) == ""), "source is empty")
-    fail(frame["label"].isna() | (frame["label"].astype(str) == ""), "label is absent")
-    fail(~frame["split"].isin(SPLITS), f"split must be one of {SPLITS}")
-    for column in _FLOAT_COLUMNS:
-        values = pd.to_numeric(frame[column], errors="coerce")
-        fail(values.isna() & frame[column].notna(), f"{column} is not a number")
-        frame[column] = values.astype("float64")
-    fail(frame["clip_start_s"].isna(), "clip_start_s is missing")
-    fail(frame["clip_start_s"] < 0, "clip_start_s is negative")
-    fail(frame["clip_end_s"] <= frame["clip_start_s"], "clip_end_s is not after clip_start_s")
-    fail(frame["event_end_s"] < frame["event_start_s"], "event_end_s is before event_start_s")
-    label_ids = pd.to_numeric(frame["label_id"], errors="coerce")
-    fail(label_ids.isna() | (label_ids < 0), "label_id is absent or negative")
-    frame["label_id"] = label_ids.astype("int32")
-    pairs = frame[["label", "label_id"]].drop_duplicates()
-    fail(frame["label"].isin(pairs["label"][pairs["label"].duplicated()]), "one label has several label_ids")
-    fail(frame["label_id"].isin(pairs["label_id"][pairs["label_id"].duplicated()]), "one label_id has several labels")
-    for column in ("clip_id", "dataset", "source", "source_kind", "label", "split"):
-        frame[column] = frame[column].astype(str)
-    return frame
-
-
-def write_manifest(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Validate ``frame`` and write it to Parquet atomically."""
-    frame = validate_manifest(frame, str(path))
-    with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
-    return Path(path)
-
-
-def read_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read and validate a manifest written by :func:`write_manifest`."""
-    return validate_manifest(pd.read_parquet(path), str(path))
-
-
-def report_path(manifest_path: str | os.PathLike[str]) -> Path:
-    """Where the report of a manifest goes: ``x.parquet`` -> ``x.report.json``."""
-    path = Path(manifest_path)
-    return path.with_name(path.stem + ".report.json")
-
-
-def counts_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Clips per label (rows, in ``label_id`` order) and split (columns), with totals."""
-    order = frame.drop_duplicates("label").sort_values("label_id")["label"].tolist()
-    table = pd.crosstab(frame["label"], frame["split"], margins=True, margins_name="total")
-    columns = [s for s in SPLITS if s in table.columns] + ["total"]
-    return table.reindex(index=order + ["total"], columns=columns, fill_value=0)
-
-
-def write_build(build: ManifestBuild, path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Write the manifest (Parquet) and its report (JSON: counts, policies, sources, anomalies), atomically."""
-    frame = validate_manifest(build.frame, str(path))
-    report = {
-        "dataset": sorted(frame["dataset"].unique().tolist()),
-        "rows": len(frame),
-        "classes": list(build.classes),
-        "counts": counts_table(frame).to_dict(orient="index"),
-        "policies": build.policies,
-        "sources": build.sources,
-        "anomalies": [asdict(a) for a in build.anomalies],
-    }
-    with atomic_path(report_path(path)) as tmp:
-        tmp.write_text(json.dumps(report, indent=1, default=str))
-    return write_manifest(frame, path), report_path(path)
+from pipeline.errors import UserError, add_debug_argument, require_dir, require_file, user_errors
+from pipeline.manifest_schema import Anomaly, ManifestBuild, counts_table, problems_table, write_build
 
 
 def print_summary(build: ManifestBuild, *, shown: int = 5, stream: TextIO | None = None) -> None:
-    """Print counts by split and class, then the anomalies by kind (the first ``shown`` of each)."""
+    """Print counts by split and class, the skipped rows, then the anomalies by kind (the first ``shown`` of each)."""
     stream = stream or sys.stdout
     print(counts_table(build.frame).to_string(), file=stream)
+    if build.skipped:
+        print(f"\nskipped rows: {len(build.skipped)} problems (line | column | value | problem)", file=stream)
+        print(problems_table(build.skipped), file=stream)
     kinds: dict[str, list[Anomaly]] = {}
     for anomaly in build.anomalies:
         kinds.setdefault(anomaly.kind, []).append(anomaly)
@@ -207,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--test-fraction", type=float, default=None, help="default 0.2 (vegas: the card's)")
         cmd.add_argument("--val-fraction", type=float, default=None, help="of train; 0 for no val; default 0.1")
         cmd.add_argument("--seed", type=int, default=None, help="split seed; default 0")
+        cmd.add_argument("--on-bad-row", choices=("error", "skip"), default="error",
+                         help="error (default): report every bad row and write nothing; skip: write the good "
+                              "rows and list every skipped row with its reason in the report")
+        cmd.add_argument("--allow-outside-root", action="store_true",
+                         help="accept sources (or symlink targets) outside the dataset root")
     folder = sub.choices["folder"]
     folder.add_argument("--dataset", type=str, default="folder", help="dataset name written in the manifest")
     labels = folder.add_mutually_exclusive_group()
@@ -216,13 +86,32 @@ def _parser() -> argparse.ArgumentParser:
                         help="a CSV's start/end: where to cut the clip, or the event in the file")
     for cmd in sub.choices.values():
         cmd.add_argument("--out", type=Path, required=True, help="manifest to write (.parquet)")
+        add_debug_argument(cmd)
     return parser
 
 
-def _build(args: argparse.Namespace) -> ManifestBuild:
-    # Imported here: the builders import this module for the schema.
-    from pipeline import ave, cards, folder, vegas
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Fail fast, with one line, on missing or empty input files and out-of-range numbers."""
+    if args.command == "ave":
+        if args.annotations is not None:
+            require_file(args.annotations, "annotations file")
+        require_dir(args.splits_dir, "split-files folder")
+        for path in args.audioset_segments:
+            require_file(path, "segment list")
+    else:
+        if not Path(args.source).is_dir():
+            require_file(args.source, "labels CSV or dataset folder")
+        if args.split_file is not None:
+            require_file(args.split_file, "split file")
+        for name in ("test_fraction", "val_fraction"):
+            value = getattr(args, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise UserError(f"--{name.replace('_', '-')}: must be in [0, 1), got {value}")
+    if args.out.suffix != ".parquet":
+        raise UserError(f"{args.out}: the manifest must be a .parquet file")
 
+
+def _build(args: argparse.Namespace) -> ManifestBuild:
     if args.command == "ave":
         card = cards.load_card("ave")
         annotations = args.annotations or cards.fetch_source(card, "annotations", args.fetch_annotations)
@@ -239,28 +128,29 @@ def _build(args: argparse.Namespace) -> ManifestBuild:
     if args.command == "vegas":
         card = cards.load_card("vegas")
         splitting = replace(vegas.card_splitting(card), **overrides)
-        return vegas.build_vegas_manifest(args.source, card=card, split_file=args.split_file, splitting=splitting)
+        return vegas.build_vegas_manifest(args.source, card=card, split_file=args.split_file, splitting=splitting,
+                                          on_bad_row=args.on_bad_row, allow_outside_root=args.allow_outside_root)
     splitting = folder.SplitConfig(**overrides)
     classes = args.classes or (cards.load_card(args.card).classes if args.card else None)
     return folder.build_folder_manifest(args.source, dataset=args.dataset, classes=classes,
-                                        split_file=args.split_file, splitting=splitting, times=args.times)
+                                        split_file=args.split_file, splitting=splitting, times=args.times,
+                                        on_bad_row=args.on_bad_row, allow_outside_root=args.allow_outside_root)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``python -m pipeline.manifest {ave,vegas,folder} ... --out OUT.parquet``."""
-    from pipeline.cards import CardError
-
     args = _parser().parse_args(argv)
-    try:
+    with user_errors(args.debug):
+        _check_inputs(args)
         build = _build(args)
-    except (ManifestError, CardError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    manifest, report = write_build(build, args.out)
+        manifest, report = write_build(build, args.out)
     print_summary(build)
     print(f"wrote {manifest} ({len(build.frame)} clips) and {report}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # the importable module's copy, so its classes are the ones the builders raise
+    from pipeline.manifest import main as module_main
+
+    raise SystemExit(module_main())

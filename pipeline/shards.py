@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.atomic import atomic_path
+from pipeline.errors import UserError
 
 META_KEY = b"hscmae"
 MODALITIES = ("audio", "visual")
@@ -38,7 +39,7 @@ REQUIRED_META = ("extractor", "version", "params", "weights")
 RANDOM_WEIGHTS = "random"
 
 
-class ShardError(ValueError):
+class ShardError(UserError):
     """A shard (or the clips meant for one) breaks the contract; the message names file and clip."""
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 
 from pipeline.cards import DatasetCard, load_card
-from pipeline.folder import SplitConfig, build_folder_manifest
-from pipeline.manifest import Anomaly, ManifestBuild
+from pipeline.folder import BadRowPolicy, SplitConfig, build_folder_manifest
+from pipeline.manifest_schema import Anomaly, ManifestBuild
 
 
 def card_splitting(card: DatasetCard) -> SplitConfig:
@@ -26,7 +26,8 @@ def card_splitting(card: DatasetCard) -> SplitConfig:
 
 def build_vegas_manifest(root: str | os.PathLike[str], *, card: DatasetCard | None = None,
                          split_file: str | os.PathLike[str] | None = None,
-                         splitting: SplitConfig | None = None) -> ManifestBuild:
+                         splitting: SplitConfig | None = None, on_bad_row: BadRowPolicy = "error",
+                         allow_outside_root: bool = False) -> ManifestBuild:
     """Manifest of a VEGAS tree ``root/<class>/**/<video>``; class folders must be card classes.
 
     Args:
@@ -34,10 +35,12 @@ def build_vegas_manifest(root: str | os.PathLike[str], *, card: DatasetCard | No
         card: the VEGAS card (default ``data_manifests/vegas.yaml``).
         split_file: CSV ``(clip_id|path),split``; otherwise the card's split rule or ``splitting``.
         splitting: overrides the card's split rule.
+        on_bad_row, allow_outside_root: as in :func:`pipeline.folder.build_folder_manifest`.
     """
     card = card or load_card("vegas")
     build = build_folder_manifest(root, dataset=card.name, classes=card.classes, split_file=split_file,
-                                  splitting=splitting or card_splitting(card))
+                                  splitting=splitting or card_splitting(card), on_bad_row=on_bad_row,
+                                  allow_outside_root=allow_outside_root)
     expected = card.expected.get("videos")
     if expected is not None and len(build.frame) != int(expected):
         build.anomalies.append(Anomaly("count_differs", "", f"{len(build.frame)} videos found; the card expects "

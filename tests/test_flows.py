@@ -43,7 +43,7 @@ from pipeline.acquire import AcquireConfig, acquire
 from pipeline.demo import LABELS_FILE, DemoConfig, write_demo
 from pipeline.digest import sha256_file
 from pipeline.folder import SplitConfig, build_folder_manifest
-from pipeline.manifest import write_manifest
+from pipeline.manifest_schema import write_manifest
 from pipeline.media import SegmentConfig
 from pipeline.shards import load_feature_set, read_shard
 
@@ -91,11 +91,10 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo set's manifest, plus a row whose file is missing and one whose file is not a video."""
     folder = tmp_path_factory.mktemp("demo")
     write_demo(folder, CLIPS, config=DemoConfig(seconds=SECONDS), workers=1)
-    frame = build_folder_manifest(folder, dataset="demo", split_file=folder / LABELS_FILE,
+    frame = build_folder_manifest(folder / LABELS_FILE, dataset="demo", times="event",
                                   splitting=SplitConfig(val_fraction=0.0)).frame
     (folder / "corrupt.mp4").write_bytes(b"not a video")
-    bad = frame.iloc[[0, 0]].assign(clip_id=["gone", "corrupt"], source=[str(folder / "gone.mp4"),
-                                                                         str(folder / "corrupt.mp4")])
+    bad = frame.iloc[[0, 0]].assign(clip_id=["gone", "corrupt"], source=["gone.mp4", "corrupt.mp4"])
     path = folder / "manifest.parquet"
     write_manifest(pd.concat([frame, bad], ignore_index=True), path)
     return path

@@ -100,7 +100,7 @@ def test_ave_shape_disagreeing_with_card_or_annotations(ave, tmp_path, name, sha
 
 
 def test_ave_cli(ave, tmp_path, capsys):
-    from pipeline.manifest import write_manifest
+    from pipeline.manifest_schema import write_manifest
 
     manifest = write_manifest(build_ave_manifest(ave["annotations"], ave["splits"]).frame, tmp_path / "m.parquet")
     out = tmp_path / "shards"
@@ -108,8 +108,8 @@ def test_ave_cli(ave, tmp_path, capsys):
                  "--annotations", str(ave["annotations"]), "--out", str(out)]) == 0
     assert "wrote 1 shards" in capsys.readouterr().out
     assert len(load_feature_set(out)) == len(LINES)
-    assert main(["ave", "--audio", str(ave["audio_h5"]), "--visual", str(ave["visual_h5"]), "--manifest", str(manifest),
-                 "--annotations", str(ave["annotations"]), "--out", str(out)]) == 2
+    assert _code(lambda: main(["ave", "--audio", str(ave["audio_h5"]), "--visual", str(ave["visual_h5"]), "--manifest", str(manifest),
+                 "--annotations", str(ave["annotations"]), "--out", str(out)])) == 2
     assert "already exists and is not an empty directory" in capsys.readouterr().err
 
 
@@ -153,7 +153,7 @@ def test_single_file_default_names_and_cli(tmp_path, capsys):
     assert main(["single", "--h5", str(tmp_path / "f.h5"), "--val-fraction", "0", "--out", str(tmp_path / "s")]) == 0
     assert "train 20, test 8" in capsys.readouterr().out
     assert set(load_feature_set(tmp_path / "s").label) == {"class_0", "class_1"}
-    assert main(["single", "--h5", str(tmp_path / "f.h5"), "--classes", "a", "b", "c", "--out", str(tmp_path / "t")]) == 2
+    assert _code(lambda: main(["single", "--h5", str(tmp_path / "f.h5"), "--classes", "a", "b", "c", "--out", str(tmp_path / "t")])) == 2
     assert "labels imply 2 classes but 3 class names were given" in capsys.readouterr().err
     _leaves_nothing(tmp_path / "t")
 
@@ -162,7 +162,7 @@ def test_single_file_default_names_and_cli(tmp_path, capsys):
     (lambda h5: h5["audio_test"].__setitem__((3, 5), np.nan), "audio_test, row 3 (clip 'test_00003'): non-finite"),
     (lambda h5: h5["lab_train"].__setitem__(2, np.zeros(4)), "lab_train row 2 is not one-hot"),
     (lambda h5: (h5.__delitem__("visual_test"), h5.create_dataset("visual_test", data=np.zeros((8, 512)))),
-     "visual_test has shape (8, 512), expected [N, 1024] or [N, T, 1024]"),
+     "visual_test has shape (8, 512), expected [N, 1024] or [N, T>0, 1024]"),
     (lambda h5: (h5.__delitem__("lab_test"), h5.create_dataset("lab_test", data=np.eye(4)[np.arange(7) % 4])),
      "test has 8 audio, 8 visual and 7 label rows"),
     (lambda h5: h5.__delitem__("audio_train"), "no dataset 'audio_train'"),
@@ -174,3 +174,10 @@ def test_single_file_bad_input_leaves_nothing(tmp_path, edit, problem):
     with pytest.raises(FeatureImportError, match=re.escape(str(tmp_path / "f.h5")) + ".*" + re.escape(problem)):
         import_single_file(tmp_path / "f.h5", tmp_path / "shards")
     _leaves_nothing(tmp_path / "shards")
+
+
+def _code(run) -> int:
+    """The exit status of a CLI ``main`` that raises ``SystemExit(2)`` on bad input."""
+    with pytest.raises(SystemExit) as exit_:
+        run()
+    return exit_.value.code

@@ -11,7 +11,8 @@ import pytest
 
 from pipeline import demo
 from pipeline.cards import CardError, fetch_source, load_card, verify_source
-from pipeline.manifest import counts_table, main, read_manifest, report_path
+from pipeline.manifest import main
+from pipeline.manifest_schema import counts_table, read_manifest, report_path
 
 SHARED_AVE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ave"
 AVE_FILES = {"annotations": "Annotations.txt", "train_split": "trainSet.txt", "val_split": "valSet.txt",
@@ -125,10 +126,17 @@ def test_cli_rejects_a_file_not_in_the_card_and_writes_nothing(tmp_path, capsys)
     changed.write_text((SHARED_AVE / "Annotations.txt").read_text().replace("Church bell&RUhOCu3LNXM", "Bark&RUhOCu3LNXM"))
     out = tmp_path / "out" / "ave.parquet"
     args = ["ave", "--annotations", str(changed), "--splits-dir", str(SHARED_AVE), "--out", str(out)]
-    assert main(args) == 2
+    assert _code(lambda: main(args)) == 2
     assert "is not an accepted version" in capsys.readouterr().err
     assert not out.parent.exists() or not any(out.parent.iterdir())
     # Accepting the changed file still fails: the split files no longer match its first line.
-    assert main(args + ["--skip-sha256"]) == 2
+    assert _code(lambda: main(args + ["--skip-sha256"])) == 2
     assert "RUhOCu3LNXM 'Church bell' 0-10 matches no annotation line" in capsys.readouterr().err
     assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def _code(run) -> int:
+    """The exit status of a CLI ``main`` that raises ``SystemExit(2)`` on bad input."""
+    with pytest.raises(SystemExit) as exit_:
+        run()
+    return exit_.value.code
