@@ -1,0 +1,280 @@
+"""A corpus of broken inputs, made at test time, and the exact answer to each.
+
+Row-level cases run in-process (fast); a few run each CLI as a subprocess to check the
+contract: one ``error:`` line, exit status 2, nothing written, no traceback unless ``--debug``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.acquire import AcquireConfig, acquire
+from pipeline.errors import UserError
+from pipeline.folder import SplitConfig, build_folder_manifest
+from pipeline.import_features import FeatureImportError, import_single_file
+from pipeline.inputs import check_shards
+from pipeline.manifest_schema import ManifestError, write_manifest
+from pipeline.shards import ShardError
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_VAL = SplitConfig(val_fraction=0.0)
+
+
+def _dataset(tmp_path: Path, rows: str, files: tuple[str, ...] = ("a/x.mp4", "a/y.mp4", "b/z.mp4")) -> Path:
+    """A dataset root holding ``files`` (a few bytes each) and ``labels.csv`` with ``rows`` below its header."""
+    root = tmp_path / "data"
+    for name in files:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"video")
+    (root / "labels.csv").write_text(rows)
+    return root / "labels.csv"
+
+
+def _problems(exc: pytest.ExceptionInfo[ManifestError]) -> list[tuple[str, str, str]]:
+    return [(p.line, p.column, p.problem) for p in exc.value.problems]
+
+
+def test_every_bad_row_is_reported_at_once(tmp_path):
+    csv = _dataset(tmp_path, "path,label,split,start,end\n"
+                             "a/x.mp4,cat,train,1,ten\n"       # 2: end not a number
+                             "a/y.mp4,,train,,\n"              # 3: label empty (blank times are fine)
+                             "b/z.mp4,dog,holdout,5,2\n"       # 4: split unknown, end before start
+                             "a/x.mp4,cat,test,,\n")           # 5: duplicate derived id of line 2
+    with pytest.raises(ManifestError) as exc:
+        build_folder_manifest(csv, split_file=None, splitting=NO_VAL)
+    assert _problems(exc) == [
+        ("line 2", "end", "not a finite number"),
+        ("line 3", "label", "empty"),
+        ("line 4", "end", "not after start 5"),
+        ("line 4", "split", "not one of ('train', 'val', 'test')"),
+        ("line 5", "clip_id", "duplicate clip_id (also line 2: a/x.mp4)"),
+    ]
+    assert str(exc.value).startswith(f"{csv}: 5 problems in 4 rows (line | column | value | problem):\n")
+
+
+def test_skip_writes_the_good_rows_and_lists_every_skipped_one(tmp_path):
+    csv = _dataset(tmp_path, "path,label,split,start,end\na/x.mp4,cat,train,,\na/y.mp4,cat,test,2,1\n"
+                             "b/z.mp4,dog,train,0,4\nb/z.mp4,dog,test,,\n../../etc/passwd,dog,test,,\n")
+    strict = pytest.raises(ManifestError)
+    with strict:
+        build_folder_manifest(csv, splitting=NO_VAL)
+    built = build_folder_manifest(csv, splitting=NO_VAL, on_bad_row="skip")
+    assert built.frame["clip_id"].tolist() == ["a.x", "b.z"]
+    assert built.frame["source"].tolist() == ["a/x.mp4", "b/z.mp4"]
+    # blank optional cells on a good row: the whole file
+    assert built.frame["clip_start_s"].tolist() == [0.0, 0.0] and np.isnan(built.frame["clip_end_s"].iloc[0])
+    assert built.frame["clip_end_s"].iloc[1] == 4.0
+    assert [(p.line, p.column) for p in built.skipped] == [("line 3", "end"), ("line 5", "clip_id"), ("line 6", "path")]
+    assert built.skipped[1].problem == "duplicate clip_id (also line 4: b/z.mp4)"
+    assert built.frame.attrs["root"] == str(csv.parent.resolve())
+
+
+def test_two_duplicated_ids_pair_the_right_rows(tmp_path):
+    csv = _dataset(tmp_path, "path,label,clip_id\na/x.mp4,cat,p\na/y.mp4,cat,q\nb/z.mp4,dog,p\na/x.mp4,cat,q\n")
+    with pytest.raises(ManifestError) as exc:
+        build_folder_manifest(csv, splitting=NO_VAL)
+    assert _problems(exc) == [("line 4", "clip_id", "duplicate clip_id (also line 2: a/x.mp4)"),
+                              ("line 5", "clip_id", "duplicate clip_id (also line 3: a/y.mp4)")]
+
+
+@pytest.mark.parametrize("given", ["../../etc/passwd", "../../../../../../etc/passwd", "/etc/hostname"])
+def test_paths_outside_the_root_are_refused_unless_allowed(tmp_path, given):
+    csv = _dataset(tmp_path, f"path,label,split\na/x.mp4,cat,train\n{given},dog,test\n")
+    with pytest.raises(ManifestError) as exc:
+        build_folder_manifest(csv, splitting=NO_VAL)
+    resolved = (csv.parent / given).resolve()
+    assert str(exc.value) == (f"{csv}, line 3: path {given!r}: resolves to {resolved}, outside the dataset root "
+                              f"{csv.parent.resolve()} (--allow-outside-root to accept)")
+    allowed = build_folder_manifest(csv, splitting=NO_VAL, allow_outside_root=True).frame
+    assert allowed["source"].tolist() == ["a/x.mp4", str(resolved)]
+
+
+def test_absolute_path_inside_the_root_is_stored_relative(tmp_path):
+    csv = _dataset(tmp_path, "")
+    csv.write_text(f"path,label,split\n{csv.parent.resolve() / 'a/x.mp4'},cat,train\nb/z.mp4,dog,test\n")
+    assert build_folder_manifest(csv, splitting=NO_VAL).frame["source"].tolist() == ["a/x.mp4", "b/z.mp4"]
+
+
+def test_symlinks_in_and_out_of_the_root(tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "far.mp4").write_bytes(b"video")
+    root = tmp_path / "tree"
+    for name in ("a/x.mp4", "a/y.mp4", "b/z.mp4", "b/w.mp4"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"video")
+    (root / "a" / "inside.mp4").symlink_to(root / "b" / "z.mp4")
+    (root / "a" / "dangling.mp4").symlink_to(root / "gone.mp4")
+    (root / "b" / "folder.mp4").symlink_to(outside)
+    built = build_folder_manifest(root, splitting=SplitConfig(test_fraction=0.5, val_fraction=0.0))
+    assert built.frame["source"].tolist() == ["a/inside.mp4", "a/x.mp4", "a/y.mp4", "b/w.mp4", "b/z.mp4"]
+    assert sorted((a.kind, a.subject) for a in built.anomalies) == [
+        ("dangling_symlink", "a/dangling.mp4"), ("symlink_to_folder", "b/folder.mp4")]
+    (root / "a" / "out.mp4").symlink_to(outside / "far.mp4")
+    with pytest.raises(ManifestError) as exc:
+        build_folder_manifest(root, splitting=SplitConfig(test_fraction=0.5, val_fraction=0.0))
+    assert _problems(exc) == [("file a/out.mp4", "path", f"resolves to {(outside / 'far.mp4').resolve()}, outside "
+                               f"the dataset root {root.resolve()} (--allow-outside-root to accept)")]
+
+
+def test_a_folder_with_labels_csv_uses_it(tmp_path, capsys):
+    csv = _dataset(tmp_path, "path,label,split\na/x.mp4,cat,test\na/y.mp4,cat,train\nb/z.mp4,dog,train\n")
+    built = build_folder_manifest(csv.parent, splitting=NO_VAL)
+    assert dict(zip(built.frame["clip_id"], built.frame["split"])) == {"a.x": "test", "a.y": "train", "b.z": "train"}
+    assert built.frame["label"].tolist() == ["cat", "cat", "dog"]  # from the CSV, not the folder names
+    assert built.anomalies[0].kind == "labels_csv_used"
+    assert f"reading the clips and labels of {csv}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "the labels CSV is empty (no header line)"),
+    ("path,label,split\n", "no rows below the header line"),
+])
+def test_empty_and_header_only_csv(tmp_path, text, message):
+    csv = _dataset(tmp_path, text)
+    with pytest.raises(ManifestError, match="^" + __import__("re").escape(f"{csv}: {message}") + "$"):
+        build_folder_manifest(csv)
+
+
+def test_a_class_with_one_training_clip_is_named(tmp_path):
+    csv = _dataset(tmp_path, "path,label\na/x.mp4,cat\na/y.mp4,cat\nb/z.mp4,dog\n")
+    with pytest.raises(ManifestError) as exc:
+        build_folder_manifest(csv)
+    assert str(exc.value).startswith(f"{csv}: cannot stratify: class 'dog' has only one item (give splits")
+
+
+def test_acquisition_refuses_a_symlink_leaving_the_root(tmp_path):
+    csv = _dataset(tmp_path, "path,label,split\na/x.mp4,cat,train\nb/z.mp4,dog,test\n")
+    frame = build_folder_manifest(csv, splitting=NO_VAL).frame
+    outside = tmp_path / "secret.mp4"
+    outside.write_bytes(b"secret")
+    (csv.parent / "b" / "z.mp4").unlink()
+    (csv.parent / "b" / "z.mp4").symlink_to(outside)  # replaced after the manifest was built
+    table = acquire(frame, AcquireConfig(cache_dir=tmp_path / "media"))
+    assert table["outcome"].tolist() == ["present", "outside_root"]
+    assert table["path"].tolist() == [str(csv.parent.resolve() / "a/x.mp4"), ""]
+
+
+# --- imports -----------------------------------------------------------------------------------
+
+def _h5(path: Path, *, width_test: int = 3, labels: np.ndarray | None = None, zero_row: int | None = None,
+        seconds: int = 2) -> Path:
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as h5:
+        for split, n, width in (("train", 9, 3), ("test", 3, width_test)):
+            audio = rng.normal(size=(n, seconds, 128))
+            if zero_row is not None and split == "train":
+                audio[zero_row] = 0.0
+            h5[f"audio_{split}"], h5[f"visual_{split}"] = audio, rng.normal(size=(n, seconds, 1024))
+            h5[f"lab_{split}"] = np.eye(width)[np.arange(n) % width] if labels is None else labels[:n]
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_text("not hdf5"), "{h5}: not a readable HDF5 file ("),
+    (lambda p: p.write_bytes(_h5(p).read_bytes()[:3000]), "{h5}: "),
+    (lambda p: _h5(p, labels=np.array([b"cat"] * 9)), "{h5}: dataset 'lab_train' holds |S3, expected numbers"),
+    (lambda p: _h5(p, width_test=4), "{h5}: one-hot label widths differ between splits (lab_train 3, lab_test 4)"),
+    (lambda p: _h5(p, zero_row=4), "{h5}: audio_train, row 4 (clip 'train_00004'): every value is 0 "
+                                   "(--constant-rows keep imports it)"),
+    (lambda p: _h5(p, seconds=0), "{h5}: audio_train has shape (9, 0, 128), expected [N, 128] or [N, T>0, 128]"),
+])
+def test_bad_feature_files_name_the_input_and_leave_nothing(tmp_path, make, message):
+    h5 = tmp_path / "features.h5"
+    make(h5)
+    with pytest.raises(FeatureImportError) as exc:
+        import_single_file(h5, tmp_path / "out", val_fraction=0.0)
+    assert str(exc.value).startswith(message.format(h5=h5)) and ".tmp" not in str(exc.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features.h5"]
+
+
+def test_constant_rows_can_be_kept_and_are_listed(tmp_path, capsys):
+    h5 = _h5(tmp_path / "f.h5", zero_row=4)
+    import_single_file(h5, tmp_path / "out", val_fraction=0.0, constant_rows="keep")
+    assert f"{h5}: audio_train, row 4 (clip 'train_00004'): every value is 0" in capsys.readouterr().err
+
+
+def test_truncated_shard_is_named(tmp_path):
+    from pipeline.shards import ClipFeatures, write_shard
+
+    clip = ClipFeatures("c1", "cat", 0, "train", np.ones((2, 4), np.float32), np.arange(6, dtype=np.float32).reshape(2, 3))
+    meta = {m: {"extractor": "x", "version": "1", "params": {}, "weights": "random"} for m in ("audio", "visual")}
+    shard = write_shard(tmp_path / "shards" / "shard-00000.parquet", [clip], meta)
+    assert check_shards(tmp_path / "shards") == [shard]
+    shard.write_bytes(shard.read_bytes()[:-40])
+    with pytest.raises(ShardError, match=f"^{shard}: not a readable Parquet shard, truncated or damaged"):
+        check_shards(tmp_path / "shards")
+    with pytest.raises(ShardError, match=f"^{tmp_path / 'none'}: no such feature shard folder or file$"):
+        check_shards(tmp_path / "none")
+    with pytest.raises(ShardError, match=f"^{tmp_path}: no shard files"):
+        check_shards(tmp_path)
+
+
+# --- the command lines, as a user runs them ---------------------------------------------------
+
+def _cli(*args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_every_cli_answers_bad_input_with_one_line_and_status_2(tmp_path):
+    csv = _dataset(tmp_path, "path,label\n../../etc/passwd,cat\na/x.mp4,\n")
+    (tmp_path / "bad.h5").write_text("not hdf5")
+    out = tmp_path / "m.parquet"
+    runs = {
+        "manifest": (_cli("pipeline.manifest", "folder", "--source", str(csv), "--out", str(out)),
+                     f"error: {csv}: 2 problems in 2 rows (line | column | value | problem):"),
+        "import": (_cli("pipeline.import_features", "single", "--h5", str(tmp_path / "bad.h5"), "--out",
+                        str(tmp_path / "shards")), f"error: {tmp_path / 'bad.h5'}: not a readable HDF5 file ("),
+        "train": (_cli("flows.train_eval", "--features", str(tmp_path / "none")),
+                  f"error: {tmp_path / 'none'}: no such feature shard folder or file"),
+        "debug": (_cli("pipeline.manifest", "folder", "--source", str(tmp_path / "none.csv"), "--out", str(out),
+                       "--debug"), None),
+    }
+    for name, (run, first_line) in runs.items():
+        stdout, stderr = run.communicate(timeout=120)
+        if first_line is None:  # --debug: the traceback
+            assert run.returncode == 1 and "Traceback" in stderr and stderr.strip().endswith("no such labels CSV or dataset folder")
+            continue
+        assert run.returncode == 2, (name, stderr)
+        assert stderr.splitlines()[0].startswith(first_line), (name, stderr)
+        assert "Traceback" not in stderr and stdout == "", (name, stdout, stderr)
+        if name != "manifest":
+            assert len(stderr.splitlines()) == 1, (name, stderr)
+    assert not out.exists() and not (tmp_path / "shards").exists()
+
+
+@pytest.mark.parametrize("module, args, line", [
+    ("flows.build_features", ["--manifest", "{tmp}/none.parquet"], "error: {tmp}/none.parquet: no such manifest file"),
+    ("flows.build_features", ["--clips-per-shard", "0"], "error: --clips-per-shard: must be > 0, got 0"),
+    ("flows.demo", ["--clips", "0"], "error: --clips: must be > 0, got 0"),
+    ("flows.train_eval", ["--epochs", "0"], "error: --epochs: must be > 0, got 0"),
+])
+def test_flow_mains_check_before_starting_prefect(tmp_path, capsys, module, args, line):
+    main = __import__(module, fromlist=["main"]).main
+    with pytest.raises(SystemExit) as exit_:
+        main([a.format(tmp=tmp_path) for a in args])
+    assert exit_.value.code == 2 and capsys.readouterr().err == line.format(tmp=tmp_path) + "\n"
+
+
+def test_user_errors_are_value_errors():
+    assert issubclass(ManifestError, UserError) and issubclass(UserError, ValueError)
+    assert issubclass(FeatureImportError, UserError) and issubclass(ShardError, UserError)
+
+
+def test_written_manifest_keeps_its_root_and_refuses_escapes(tmp_path):
+    csv = _dataset(tmp_path, "path,label,split\na/x.mp4,cat,train\nb/z.mp4,dog,test\n")
+    frame = build_folder_manifest(csv, splitting=NO_VAL).frame
+    write_manifest(frame, tmp_path / "m.parquet")
+    assert pd.read_parquet(tmp_path / "m.parquet").attrs["root"] == str(csv.parent.resolve())
+    with pytest.raises(ManifestError, match=r"row 1 \(clip_id 'b.z'\): source '../z.mp4': relative file source leaves"):
+        write_manifest(frame.assign(source=["a/x.mp4", "../z.mp4"]), tmp_path / "n.parquet")
