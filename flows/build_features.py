@@ -9,9 +9,14 @@ clip. Each task's cache key hashes its rows, its config and the source of the mo
 compute it; results persist beside the outputs (``<out>/.prefect-results``), so a re-run
 with the same inputs is Cached and does no work. The feature set lands in
 ``<out>/features/<key>/shards/`` with the key a hash of the manifest, the configs and the
-code, so a changed config lands beside the old set. A per-shard file lock and
-write-then-rename make a killed run resumable and two concurrent runs safe: a shard is
-done exactly when its failures file exists, and it is written after the shard.
+code, so a changed config lands beside the old set. Keys hold each source file's content
+(sha256, kept with size and mtime in ``<out>/media/sources.json`` so re-runs read no video
+bytes), never path strings: a file changed, fixed or added in place recomputes exactly the
+shards that hold it. A per-shard file lock and write-then-rename make a killed run resumable
+and two concurrent runs safe: a shard is done exactly when its record (``done/<shard>.json``:
+the task's key and the shard's sha256) is written, last, and still matches; a shard whose
+bytes no longer match its record is rebuilt. The flow ends Failed when no clip was extracted,
+and its final message says how many of the clips failed.
 """
 
 from __future__ import annotations
@@ -34,13 +39,14 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
                                update_progress_artifact)
 from prefect.futures import as_completed
 from prefect.runtime import task_run
+from prefect.states import Completed, Failed
 from prefect.tasks import exponential_backoff
 
 from extractors.extract import ClipJob, ExtractConfig, Extractors, extract_features
 from flows import PROJECT_ROOT
 from flows.common import (add_runner_arguments, digest, frame_digest, key_of, link_dir, results_dir,
                           runner_from_arguments, short, source_digest, task_runner)
-from pipeline.acquire import AcquireConfig, acquire, availability_failures, available_sources
+from pipeline.acquire import AcquireConfig, acquire, availability_failures, available_sources, content_path
 from pipeline.atomic import atomic_path
 from pipeline.demo import LABELS_FILE, DemoConfig, write_demo
 from pipeline.digest import sha256_file
@@ -48,8 +54,9 @@ from pipeline.errors import add_debug_argument, user_errors
 from pipeline.failures import Failure, failures_frame, read_failures, write_failures
 from pipeline.folder import SplitConfig, build_folder_manifest
 from pipeline.inputs import check_build_features
-from pipeline.manifest_schema import read_manifest, write_manifest
+from pipeline.manifest_schema import manifest_root, read_manifest, write_manifest
 from pipeline.media import SegmentConfig, segment_clip
+from pipeline.source_index import SourceIndex
 from pipeline.youtube import TRANSIENT
 
 DEFAULT_OUT = PROJECT_ROOT / "outputs"
@@ -85,6 +92,7 @@ class ExtractJob:
     extract: ExtractConfig
     shard: Path
     failures: Path
+    done: Path
     work: Path
     lock: Path
     dataset: str
@@ -154,6 +162,16 @@ def extract_cache_config(config: ExtractConfig) -> dict[str, object]:
     return decides
 
 
+def shard_done(job: ExtractJob) -> bool:
+    """Whether the shard on disk is this job's finished work: its record names ``job.key`` and the shard's sha256."""
+    try:
+        record = json.loads(job.done.read_text())
+    except (OSError, ValueError):
+        return False
+    shard = sha256_file(job.shard) if job.shard.exists() else None
+    return record.get("key") == job.key and record.get("shard_sha256") == shard and job.failures.exists()
+
+
 # --- tasks ------------------------------------------------------------------------------------
 
 @task(name="demo-videos", cache_policy=key_of("key"), persist_result=True)
@@ -181,10 +199,11 @@ def extract_shard(job: ExtractJob, availability: pd.DataFrame) -> ShardOutcome:
     """Segment and extract the shard's clips into one Parquet shard, unless it is already on disk."""
     obtained = availability_failures(availability)
     with FileLock(job.lock):
-        if job.failures.exists():  # written last, so the shard is complete
+        if shard_done(job):  # the record is written last, so the shard is complete and current
             return _outcome(job, read_failures(job.failures), reused=True)
         jobs = clip_jobs(job.rows, availability, job.segment)
         shutil.rmtree(job.work, ignore_errors=True)  # a killed run's leftovers
+        job.shard.unlink(missing_ok=True)  # stale or damaged: never reused
         result = extract_features(jobs, job.work, replace(job.extract, clips_per_shard=max(1, len(jobs))),
                                   extractors=models_for(job.extract), extra_meta={"dataset": job.dataset})
         if result.shards:
@@ -192,6 +211,9 @@ def extract_shard(job: ExtractJob, availability: pd.DataFrame) -> ShardOutcome:
             os.replace(result.shards[0], job.shard)
         shutil.rmtree(job.work, ignore_errors=True)
         write_failures(job.failures, obtained + result.failures)
+        with atomic_path(job.done) as tmp:
+            tmp.write_text(json.dumps({"key": job.key, "shard_sha256": sha256_file(job.shard)
+                                       if job.shard.exists() else None}))
     return _outcome(job, obtained + result.failures, reused=False)
 
 
@@ -259,23 +281,31 @@ def build_features(
     acquire_code, storage = source_digest(*ACQUIRE_CODE), results_dir(out)
     acquire_task = acquire_shard.with_options(result_storage=storage)
     extract_task = extract_shard.with_options(result_storage=storage)
-    acquire_settings = replace(acquire_config, cache_dir=Path("."))  # the cache dir is an output, not an input
+    # where things live is not an input: the sources' bytes are (the cache dir is an output)
+    acquire_settings = replace(acquire_config, cache_dir=Path("."), root=None, archive=None)
+    acquire_config = replace(acquire_config, root=acquire_config.root or manifest_root(frame))
+    index = SourceIndex(out / "media" / "sources.json")
+    contents = [index.digest(p) if p is not None else "" for p in
+                (content_path(row, acquire_config) for row in frame.itertuples(index=False))]
+    index.save()
 
     futures = []
     for index, start in enumerate(range(0, len(frame), clips_per_shard)):
         rows = frame.iloc[start:start + clips_per_shard].reset_index(drop=True)
-        rows_key = frame_digest(rows)
+        rows_key = digest(frame_digest(rows), contents[start:start + clips_per_shard])
         acquire_key = digest("acquire", rows_key, acquire_settings, acquire_code)
         availability = acquire_task.submit(AcquireJob(
             key=acquire_key, index=index, rows=rows,
             config=replace(acquire_config, cache_dir=out / "media" / short(acquire_key)),
             lock=out / "locks" / f"acquire-{short(acquire_key)}.lock"))
         name = f"shard-{index:05d}"
-        futures.append(extract_task.submit(ExtractJob(
+        job = ExtractJob(
             key=digest("extract", set_key, rows_key), index=index, rows=rows, segment=segment, extract=extract,
             shard=root / "shards" / f"{name}.parquet", failures=root / "failures" / f"{name}.parquet",
-            work=root / "work" / name, lock=out / "locks" / f"{short(set_key)}-{name}.lock", dataset=dataset,
-        ), availability))
+            done=root / "done" / f"{name}.json", work=root / "work" / name,
+            lock=out / "locks" / f"{short(set_key)}-{name}.lock", dataset=dataset)
+        # a shard changed or damaged on disk is rebuilt, whatever Prefect's cache says
+        futures.append(extract_task.with_options(refresh_cache=not shard_done(job)).submit(job, availability))
 
     progress = create_progress_artifact(0.0, key="build-features-progress", description="shards finished")
     for done, future in enumerate(as_completed(futures), start=1):
@@ -299,7 +329,11 @@ def build_features(
     link_dir(outcome.shards, key="build-features-shards", text=f"feature shards ({outcome.extracted} clips)")
     print(f"{outcome.extracted}/{outcome.asked} clips extracted into {outcome.shards}; "
           f"shard tasks {json.dumps(outcome.shard_states)}, reused from disk {outcome.reused_on_disk}")
-    return outcome
+    message = f"{outcome.asked - outcome.extracted} of {outcome.asked} clips failed"
+    if outcome.extracted == 0:
+        return Failed(message=f"no clip was extracted: {message} ({json.dumps(outcome.failures_by_kind)}); "
+                              f"see {root / 'failures.parquet'}")
+    return Completed(message=f"{message}; {outcome.extracted} extracted into {outcome.shards}", data=outcome)
 
 
 def weights_config(args: argparse.Namespace) -> ExtractConfig:

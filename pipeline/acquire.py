@@ -58,6 +58,17 @@ def _local_row(row: object, path: Path | None, message: str) -> dict[str, object
             "local_start_s": 0.0, "message": message}
 
 
+def content_path(row: object, config: AcquireConfig) -> Path | None:
+    """The local file whose bytes decide a row's clip: its file, its archive member (or the zip), None for YouTube."""
+    if row.source_kind == "file":
+        path = Path(row.source)
+        return path if path.is_absolute() or config.root is None else Path(config.root) / path
+    if row.source_kind == "archive" and config.archive is not None:
+        archive = Path(config.archive)
+        return archive / safe_member(str(row.source), f"manifest row {row.clip_id!r}") if archive.is_dir() else archive
+    return None
+
+
 def _find_file(row: object, root: Path | None) -> dict[str, object]:
     path = Path(row.source)
     if not path.is_absolute() and root is not None:

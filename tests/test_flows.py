@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -339,3 +340,46 @@ def test_deployment_runs_on_the_worker(stack: dict[str, str], tmp_path: Path) ->
     assert done.returncode == 0 and "Completed" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
     shards = load_feature_set(next(tmp_path.glob("features/*/shards")))
     assert len(shards) == 10 and shards.meta["visual"]["weights"] == "random"
+
+
+def test_cache_follows_file_content_not_paths(first, manifest: Path, tmp_path: Path) -> None:
+    """Moved data is Cached; a file fixed or added in place, or a damaged shard, recomputes exactly its shard."""
+    out, state = first
+    moved = tmp_path / "moved"
+    shutil.copytree(manifest.parent, moved, symlinks=True)
+    frame = pd.read_parquet(manifest)
+    frame.attrs["root"] = str(moved)
+    write_manifest(frame, moved / "manifest.parquet")
+    again = _run(out, moved / "manifest.parquet")
+    assert again.result().shards == state.result().shards  # the feature set does not depend on where data lives
+    states = _task_states(again.state_details.flow_run_id, 10)
+    assert states["acquire-shard"] == Counter(Cached=5) and states["extract-shard"] == Counter(Cached=5)
+
+    before = _shard_bytes(state.result().shards)
+    good = sorted(moved.glob("*/*.mp4"))[0]
+    shutil.copyfile(good, moved / "corrupt.mp4")  # fixed in place
+    shutil.copyfile(good, moved / "gone.mp4")  # the missing file added
+    fixed = _run(out, moved / "manifest.parquet")
+    states = _task_states(fixed.state_details.flow_run_id, 10)
+    assert states["acquire-shard"] == Counter(Cached=4, Completed=1)
+    assert states["extract-shard"] == Counter(Cached=4, Completed=1)
+    assert fixed.result().extracted == CLIPS + 2 and fixed.result().failures_by_kind == {}
+    assert fixed.message.startswith(f"0 of {CLIPS + 2} clips failed")
+    after = _shard_bytes(fixed.result().shards)
+    assert {k: v for k, v in after.items() if k != "shard-00004.parquet"} == {
+        k: v for k, v in before.items() if k != "shard-00004.parquet"}
+
+    damaged = fixed.result().shards / "shard-00001.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:-100])  # truncated on disk
+    rebuilt = _run(out, moved / "manifest.parquet")
+    states = _task_states(rebuilt.state_details.flow_run_id, 10)
+    assert states["extract-shard"] == Counter(Cached=4, Completed=1)
+    assert _shard_bytes(rebuilt.result().shards) == after
+
+
+def test_build_features_fails_when_no_clip_is_extracted(stack: dict[str, str], manifest: Path, tmp_path: Path) -> None:
+    frame = pd.read_parquet(manifest)
+    nothing = frame.iloc[[-2]].reset_index(drop=True)  # the row whose file is missing
+    write_manifest(nothing, tmp_path / "nothing.parquet")
+    state = _run(tmp_path / "out", tmp_path / "nothing.parquet")
+    assert state.is_failed() and state.message.startswith('no clip was extracted: 1 of 1 clips failed ({"missing": 1})')
