@@ -1,0 +1,240 @@
+"""Cross-modal search over per-clip embeddings: which clips look like this sounds, and the reverse.
+
+    python -m hscmae.search --index EMB_DIR --query-audio CLIP_ID_OR_FILE --top 10
+    python -m hscmae.search --index EMB_DIR --query-visual clips.npy --split test
+
+``Index.load(EMB_DIR).search(vectors, k, direction)`` ranks a gallery by cosine similarity:
+``"a2v"`` takes audio query vectors and ranks the clips' visual embeddings, ``"v2a"`` the reverse.
+
+Exact search is chunked over the gallery: a chunk of ``c`` gallery clips against ``Q`` queries holds
+about ``BYTES_PER_PAIR * Q * c`` bytes of scores (float64) and selection bookkeeping, and ``c`` keeps that
+under ``max_chunk_bytes``; the index itself holds the raw float32 vectors (``N * L * 4`` bytes per modality).
+Scores are cosines in float64 rounded to multiples of :data:`hscmae.metrics.SCORE_GRID`, exactly as the
+evaluation scores them, so numerically equal cosines are exact ties. Ties are broken by gallery row:
+among equal scores the clip that comes first in the index (shards sorted by name, rows in file order)
+ranks first, so results never depend on chunk sizes.
+
+With ``backend="faiss"`` (only when the ``faiss-cpu`` package is installed) a flat inner-product FAISS
+index over float32 unit vectors does the ranking; it gives the same clips wherever no two scores are within
+float32 rounding of each other (its tie order is FAISS's own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DIRECTIONS = {"a2v": ("audio", "visual"), "v2a": ("visual", "audio")}  # direction -> (query, gallery) modality
+BYTES_PER_PAIR = 24
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+
+
+@dataclass
+class SearchResult:
+    """Top-k of each query: ``index [Q, k]`` gallery rows and ``score [Q, k]`` cosines, best first."""
+
+    index: np.ndarray
+    score: np.ndarray
+
+
+def score_grid() -> float:
+    """The grid cosines are rounded to (the evaluation's, :data:`hscmae.metrics.SCORE_GRID`)."""
+    from hscmae.metrics import SCORE_GRID
+
+    return SCORE_GRID
+
+
+def unit_rows(x: np.ndarray, name: str) -> np.ndarray:
+    """``x: [N, L]`` as float64 rows of length 1; ``ValueError`` for non-finite or all-zero rows."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"{name}: expected vectors [N>0, L], got shape {x.shape}")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    bad = np.flatnonzero(~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0))
+    if bad.size:
+        raise ValueError(f"{name}: row {int(bad[0])} is all zeros or not finite (cosine undefined)")
+    return x / norms
+
+
+def select_top(score: np.ndarray, index: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the ``k`` best of ``score [Q, M]``: highest score first, ties by lower ``index [Q, M]``.
+
+    Exact with ties: every candidate scoring at least the row's k-th largest score is kept, then
+    ordered by (score descending, index ascending). Returns ``(index [Q, k], score [Q, k])``.
+    """
+    q, m = score.shape
+    kth = np.partition(score, m - k, axis=1)[:, m - k, None]
+    rows, cols = np.nonzero(score >= kth)
+    values, ids = score[rows, cols], index[rows, cols]
+    order = np.lexsort((ids, -values, rows))
+    starts = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=q))[:-1]])
+    take = order[(starts[:, None] + np.arange(k)[None, :]).reshape(-1)]
+    return ids[take].reshape(q, k), values[take].reshape(q, k)
+
+
+@dataclass
+class Index:
+    """Clips searchable by either modality: ``audio``, ``visual``: ``[N, L]`` float32 (not normalised)."""
+
+    clip_id: np.ndarray
+    label: np.ndarray
+    split: np.ndarray
+    audio: np.ndarray
+    visual: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+    _faiss: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for m in ("audio", "visual"):
+            vectors = getattr(self, m)
+            if vectors.ndim != 2 or vectors.shape[0] != len(self.clip_id):
+                raise ValueError(f"{m}: expected [N={len(self.clip_id)}, L], got {vectors.shape}")
+            for start in range(0, len(vectors), 65536):  # validate without a second full copy
+                unit_rows(vectors[start:start + 65536], f"{m} embeddings (from row {start})")
+        self._rows = {str(c): i for i, c in enumerate(self.clip_id)}
+
+    def __len__(self) -> int:
+        return len(self.clip_id)
+
+    @classmethod
+    def load(cls, source: str | os.PathLike[str], *, split: str | None = None) -> Index:
+        """The clips of an embedding folder or shard (``hscmae.embeddings``); ``split`` keeps one split."""
+        from hscmae.embeddings import read_embeddings
+
+        emb = read_embeddings(source)
+        keep = np.ones(len(emb), dtype=bool) if split is None else emb.split == split
+        if not keep.any():
+            raise ValueError(f"{source}: no clips in split {split!r}")
+        return cls(clip_id=emb.clip_id[keep], label=emb.label[keep], split=emb.split[keep],
+                   audio=emb.audio[keep], visual=emb.visual[keep], meta=emb.meta)
+
+    def row(self, clip_id: str) -> int | None:
+        """The gallery row of ``clip_id``, or None."""
+        return self._rows.get(clip_id)
+
+    def vectors(self, modality: str) -> np.ndarray:
+        """``[N, L]`` embeddings of ``modality`` (``"audio"`` or ``"visual"``)."""
+        return getattr(self, modality)
+
+    def search(self, vectors: np.ndarray, k: int, direction: str, *, backend: str = "exact",
+               max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> SearchResult:
+        """Rank the gallery for each query of ``vectors [Q, L]`` (or ``[L]``) and keep the top ``k``.
+
+        Args:
+            direction: ``"a2v"`` (audio queries, visual gallery) or ``"v2a"``.
+            k: clips per query (at most the gallery size).
+            backend: ``"exact"`` (chunked numpy) or ``"faiss"`` (needs the ``faiss-cpu`` package).
+        """
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {sorted(DIRECTIONS)}, got {direction!r}")
+        gallery = self.vectors(DIRECTIONS[direction][1])
+        queries = unit_rows(np.atleast_2d(vectors), "queries")
+        if queries.shape[1] != gallery.shape[1]:
+            raise ValueError(f"queries have {queries.shape[1]} dims, the index {gallery.shape[1]}")
+        if not 1 <= k <= len(gallery):
+            raise ValueError(f"k must be in [1, {len(gallery)}] (the gallery size), got {k}")
+        if backend == "faiss":
+            return self._search_faiss(queries, k, DIRECTIONS[direction][1])
+        if backend != "exact":
+            raise ValueError(f"backend must be 'exact' or 'faiss', got {backend!r}")
+        grid = score_grid()
+        step = max(k, max_chunk_bytes // (BYTES_PER_PAIR * len(queries)))
+        best_index = np.empty((len(queries), 0), dtype=np.int64)
+        best_score = np.empty((len(queries), 0))
+        for start in range(0, len(gallery), step):
+            chunk = unit_rows(gallery[start:start + step], "gallery")
+            score = np.round(queries @ chunk.T / grid) * grid
+            cols = np.broadcast_to(np.arange(start, start + len(chunk)), score.shape)
+            found = select_top(score, cols, min(k, len(chunk)))
+            merged_index = np.concatenate([best_index, found[0]], axis=1)
+            merged_score = np.concatenate([best_score, found[1]], axis=1)
+            best_index, best_score = select_top(merged_score, merged_index, min(k, merged_score.shape[1]))
+        return SearchResult(index=best_index, score=best_score)
+
+    def _search_faiss(self, queries: np.ndarray, k: int, modality: str) -> SearchResult:
+        import faiss  # optional: pip install faiss-cpu
+
+        if modality not in self._faiss:
+            flat = faiss.IndexFlatIP(self.vectors(modality).shape[1])
+            for start in range(0, len(self), 65536):
+                flat.add(unit_rows(self.vectors(modality)[start:start + 65536], "gallery").astype(np.float32))
+            self._faiss[modality] = flat
+        score, index = self._faiss[modality].search(queries.astype(np.float32), k)
+        return SearchResult(index=index.astype(np.int64), score=score.astype(np.float64))
+
+
+def faiss_available() -> bool:
+    """Whether the optional ``faiss`` module can be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("faiss") is not None
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def _queries(index: Index, value: str, modality: str) -> tuple[np.ndarray, list[str]]:
+    """Query vectors ``[Q, L]`` and their names from a clip id of the index, a ``.npy`` file or an embedding shard."""
+    row = index.row(value)
+    if row is not None:
+        return index.vectors(modality)[row:row + 1], [value]
+    path = Path(value)
+    if not path.exists():
+        raise ValueError(f"{value}: neither a clip id of the index nor a file")
+    if path.suffix == ".npy":
+        try:
+            vectors = np.atleast_2d(np.load(path, allow_pickle=False))
+        except ValueError as exc:
+            raise ValueError(f"{path}: not a numeric .npy array ({exc})") from exc
+        if vectors.ndim != 2:
+            raise ValueError(f"{path}: expected a vector [L] or vectors [Q, L], got shape {vectors.shape}")
+        return vectors, [f"{path.name}[{i}]" for i in range(len(vectors))]
+    from hscmae.embeddings import read_embeddings
+
+    emb = read_embeddings(path)
+    return getattr(emb, modality), [str(c) for c in emb.clip_id]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hscmae.search", description=__doc__.splitlines()[0])
+    parser.add_argument("--index", required=True, type=Path, help="embedding folder or shard (python -m flows.embed)")
+    query = parser.add_mutually_exclusive_group(required=True)
+    query.add_argument("--query-audio", metavar="CLIP_ID_OR_FILE",
+                       help="rank clips by how they look, for this sound: a clip id of the index, "
+                            "a .npy of audio embeddings [L] or [Q, L], or an embedding shard/folder")
+    query.add_argument("--query-visual", metavar="CLIP_ID_OR_FILE", help="the same, visual query -> audio gallery")
+    parser.add_argument("--top", type=int, default=10, help="clips per query (default 10)")
+    parser.add_argument("--split", help="search only the clips of this split (train, val, test)")
+    parser.add_argument("--backend", choices=("exact", "faiss"), default="exact",
+                        help="exact chunked cosine (default) or FAISS (needs faiss-cpu)")
+    args = parser.parse_args(argv)
+    modality = "audio" if args.query_audio is not None else "visual"
+    direction = "a2v" if modality == "audio" else "v2a"
+    try:
+        if args.top < 1:
+            raise ValueError(f"--top must be >= 1, got {args.top}")
+        if args.backend == "faiss" and not faiss_available():
+            raise ValueError("--backend faiss: the faiss-cpu package is not installed")
+        index = Index.load(args.index, split=args.split)
+        vectors, names = _queries(index, args.query_audio or args.query_visual, modality)
+        result = index.search(vectors, min(args.top, len(index)), direction, backend=args.backend)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    gallery = DIRECTIONS[direction][1]
+    for name, rows, scores in zip(names, result.index, result.score):
+        print(f"query {name} ({modality}) -> {gallery} of {len(index)} clips")
+        print(f"{'rank':>4}  {'score':>8}  {'clip_id':<32} label")
+        for rank, (row, score) in enumerate(zip(rows, scores), start=1):
+            label = index.label[row] if index.label[row] is not None else "-"
+            print(f"{rank:>4}  {score:8.4f}  {index.clip_id[row]:<32} {label}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
