@@ -63,6 +63,7 @@ class Embedder:
     method: MethodConfig
     seed: int
     checkpoint: Path
+    dims: dict[str, int]  # feature size per modality the model takes
     model: Any  # HSCMAE or LinearCCA
     posthoc: Any = None  # LinearCCA fit on the train embeddings, or None
 
@@ -139,7 +140,7 @@ def load_embedder(method: MethodConfig, folder: str | os.PathLike[str], dims: di
         if not path.is_file():
             raise EmbeddingError(f"{path}: no post-hoc CCA saved for this run")
         extra = LinearCCA.load(str(path))
-    return Embedder(method=method, seed=seed, checkpoint=best, model=model, posthoc=extra)
+    return Embedder(method=method, seed=seed, checkpoint=best, dims=dict(dims), model=model, posthoc=extra)
 
 
 def _column(vectors: np.ndarray) -> pa.Array:
@@ -209,3 +210,17 @@ def read_embeddings(source: str | os.PathLike[str]) -> Embeddings:
     if (counts > 1).any():
         raise EmbeddingError(f"{source}: clip_id {ids[counts > 1][0]!r} occurs {counts.max()} times")
     return Embeddings(**joined, meta=meta or {})
+
+
+def embed_shard(embedder: Embedder, shard: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """Embed every clip of one feature shard (``pipeline.shards``) into the embedding shard ``out``."""
+    from pipeline.shards import load_feature_set
+
+    features = load_feature_set([shard])
+    clips = ClipArrays.from_feature_set(features)
+    if clips.dims != embedder.dims:
+        raise EmbeddingError(f"{shard}: feature sizes {clips.dims} do not fit {embedder.checkpoint}")
+    audio, visual = embedder.embed(clips)
+    return write_embeddings(out, Embeddings(
+        clip_id=features.clip_id, label=features.label, label_id=features.label_id, split=features.split,
+        audio=audio, visual=visual, meta=embedder.meta(features.meta)))

@@ -182,7 +182,8 @@ def _queries(index: Index, value: str, modality: str) -> tuple[np.ndarray, list[
     """Query vectors ``[Q, L]`` and their names from a clip id of the index, a ``.npy`` file or an embedding shard."""
     row = index.row(value)
     if row is not None:
-        return index.vectors(modality)[row:row + 1], [value]
+        label = index.label[row]
+        return index.vectors(modality)[row:row + 1], [value if label is None else f"{value} ({label})"]
     path = Path(value)
     if not path.exists():
         raise ValueError(f"{value}: neither a clip id of the index nor a file")
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     gallery = DIRECTIONS[direction][1]
     for name, rows, scores in zip(names, result.index, result.score):
-        print(f"query {name} ({modality}) -> {gallery} of {len(index)} clips")
+        print(f"query {name}, {modality} -> {gallery} of {len(index)} clips")
         print(f"{'rank':>4}  {'score':>8}  {'clip_id':<32} label")
         for rank, (row, score) in enumerate(zip(rows, scores), start=1):
             label = index.label[row] if index.label[row] is not None else "-"

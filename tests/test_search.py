@@ -99,7 +99,7 @@ def test_cli_prints_the_ranking_of_a_clip(emb_dir, capsys):
     assert main(["--index", str(folder), "--query-audio", "clip0007", "--top", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     want, scores = brute_force(index.audio[7:8], index.visual, 3)
-    assert lines[0].startswith("query clip0007 (audio) -> visual of 40 clips")
+    assert lines[0] == "query clip0007 (class2), audio -> visual of 40 clips"
     for line, row, score in zip(lines[2:], want[0], scores[0]):
         assert line.split() == [str(list(want[0]).index(row) + 1), f"{score:.4f}", f"clip{row:04d}", f"class{row % 5}"]
 

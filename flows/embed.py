@@ -1,0 +1,206 @@
+"""``embed``: a trained run + feature shards (or raw videos) -> Parquet shards of per-clip embeddings.
+
+    python -m flows.embed --run runs/run-<hash> --features outputs/features/<key>/shards --out emb/
+    python -m flows.embed --run runs/run-<hash> --method hscmae --seed 1 --videos my_clips/ --out emb/
+
+One task per feature shard writes ``<out>/embeddings-<nnnnn>.parquet`` (``hscmae.embeddings``: clip_id,
+label, split, audio and visual vectors; the checkpoint's sha256 and the model config in the metadata).
+A task's cache key hashes the feature shard's bytes, the checkpoint's bytes, the method config and the
+embedding code (plus the output path), so a re-run is Cached. ``--videos`` (a folder of class folders or
+a labels CSV) first runs ``build-features`` with the run's extractor (model, weights) into ``<out>/features``;
+the new shards' extractor metadata must equal the run's. Search the result with ``python -m hscmae.search``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SHARD_NAME = "embeddings-{:05d}.parquet"
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    """One feature shard to embed into ``out``; ``key`` is its cache key."""
+
+    key: str
+    run_dir: Path
+    method: str
+    seed: int
+    posthoc: bool
+    dims: tuple[tuple[str, int], ...]
+    shard: Path
+    out: Path
+
+
+@dataclass
+class EmbedOutcome:
+    """The flow's result: the embedding folder, its shards and clip count."""
+
+    out: Path
+    shards: list[Path]
+    clips: int
+    task_states: dict[str, int]
+
+
+def _embed_job(job: EmbedJob) -> Path:
+    from hscmae.embeddings import checkpoint_dir, embed_shard, load_embedder, run_method_config
+
+    embedder = load_embedder(run_method_config(job.run_dir, job.method), checkpoint_dir(job.run_dir, job.method, job.seed),
+                             dict(job.dims), seed=job.seed, posthoc=job.posthoc)
+    return embed_shard(embedder, job.shard, job.out)
+
+
+def run_features_meta(run_dir: Path) -> dict[str, Any]:
+    """The extractor metadata of the feature shards ``run_dir`` was trained on."""
+    import json
+
+    from pipeline.shards import read_shard, shard_paths
+
+    config = json.loads((run_dir / "config.json").read_text())
+    return read_shard(shard_paths(config["experiment"]["shards"])[0])[1]
+
+
+def extract_config_of(meta: dict[str, Any]) -> Any:
+    """The ``ExtractConfig`` that makes features like those of ``meta`` (published weights unless random)."""
+    from extractors.extract import ExtractConfig
+
+    random = {m: "random" if meta[m]["weights"] == "random" else None for m in ("audio", "visual")}
+    return ExtractConfig(visual_model=meta["visual"]["extractor"], audio_weights=random["audio"],
+                         visual_weights=random["visual"])
+
+
+def features_from_videos(run_dir: Path, videos: Path, out: Path) -> Path:
+    """Run ``build-features`` on ``videos`` with the run's extractor; returns the new shard folder."""
+    from flows.build_features import build_features
+    from pipeline.folder import SplitConfig, build_folder_manifest
+    from pipeline.manifest import write_manifest
+
+    meta = run_features_meta(run_dir)
+    built = build_folder_manifest(videos, dataset=videos.stem, splitting=SplitConfig(test_fraction=0.0,
+                                                                                      val_fraction=0.0))
+    manifest = write_manifest(built.frame, out / "features" / "manifest.parquet")
+    result = build_features(manifest=manifest, out=out / "features", extract=extract_config_of(meta))
+    from pipeline.shards import read_shard, shard_paths
+
+    made = read_shard(shard_paths(result.shards)[0])[1]
+    differs = [m for m in ("audio", "visual") if made[m] != meta[m]]
+    if differs:
+        raise ValueError(f"{videos}: {differs} features differ from the run's ({made[differs[0]]} vs "
+                         f"{meta[differs[0]]}); put the run's weights where build-features finds them")
+    return result.shards
+
+
+@functools.cache
+def _flow() -> Any:
+    """The Prefect flow ``embed`` and its task, built on first use so ``--help`` stays fast."""
+    from prefect import flow, task
+
+    from flows.common import digest, key_of, results_dir, source_digest
+    from pipeline.digest import sha256_file
+    from pipeline.shards import load_feature_set, shard_paths
+
+    embed_task = task(name="embed-shard", task_run_name="{job.shard.stem}", cache_policy=key_of("job"),
+                      persist_result=True)(_embed_job)
+
+    @flow(name="embed", log_prints=True)
+    def embed(run: Path, features: Path | None = None, out: Path = Path("embeddings"), method: str = "hscmae",
+              seed: int = 0, posthoc_cca: bool = False, videos: Path | None = None) -> EmbedOutcome:
+        """Embed every clip of ``features`` (or of ``videos``) with ``method`` x ``seed`` of the run ``run``.
+
+        Args:
+            run: a train-eval run directory; features: its kind of feature shards (folder or file).
+            out: the embedding folder; method, seed: which selected model of the run.
+            posthoc_cca: apply the run's post-hoc CCA (trainable methods only).
+            videos: a class-folder tree or labels CSV to extract first (instead of ``features``).
+        """
+        from hscmae.checkpoint import BEST
+        from hscmae.embeddings import SHARD_PATTERN, checkpoint_dir, run_method_config
+
+        run_dir, out = Path(run).resolve(), Path(out).resolve()
+        config = run_method_config(run_dir, method)
+        weights = checkpoint_dir(run_dir, method, seed) / BEST
+        if not weights.is_file():
+            raise ValueError(f"{weights}: no such checkpoint (method {method!r}, seed {seed})")
+        source = features_from_videos(run_dir, Path(videos), out) if videos is not None else Path(features)
+        shards = shard_paths(source)
+        first = load_feature_set(shards[:1])
+        dims = tuple(zip(("audio", "visual"), first.dims))
+        code = source_digest("hscmae", "pipeline.shards")
+        jobs = [EmbedJob(key=digest("embed", sha256_file(shard), sha256_file(weights), config.to_dict(), seed,
+                                    posthoc_cca, code, str(out / SHARD_NAME.format(i))),
+                         run_dir=run_dir, method=method, seed=seed, posthoc=posthoc_cca, dims=dims, shard=shard,
+                         out=out / SHARD_NAME.format(i))
+                for i, shard in enumerate(shards)]
+        futures = [embed_task.with_options(result_storage=results_dir(out)).submit(job) for job in jobs]
+        written = [f.result() for f in futures]
+        for stale in set(out.glob(SHARD_PATTERN)) - set(written):  # left by an earlier, larger feature set
+            stale.unlink()
+        import pyarrow.parquet as pq
+
+        clips = sum(pq.ParquetFile(p).metadata.num_rows for p in written)
+        states: dict[str, int] = {}
+        for future in futures:
+            states[future.state.name] = states.get(future.state.name, 0) + 1
+        print(f"{clips} clips embedded by {method} seed {seed} into {out}; shard tasks {states}")
+        return EmbedOutcome(out=out, shards=written, clips=clips, task_states=states)
+
+    return embed
+
+
+def __getattr__(name: str) -> Any:
+    """``flows.embed.embed`` is the Prefect flow (what ``prefect.yaml`` and ``from flows.embed import embed`` name)."""
+    if name == "embed":
+        return _flow()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def main(argv: list[str] | None = None) -> EmbedOutcome | None:
+    parser = argparse.ArgumentParser(prog="python -m flows.embed", description=__doc__.splitlines()[0].replace("``", ""))
+    parser.add_argument("--run", required=True, type=Path, help="a train-eval run directory")
+    parser.add_argument("--method", default="hscmae", help="which method of the run (default hscmae)")
+    parser.add_argument("--seed", type=int, default=0, help="which seed of the method (default 0)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--features", type=Path, help="feature shards (folder or file) to embed")
+    source.add_argument("--videos", type=Path, help="videos to extract first: class folders or a labels CSV")
+    parser.add_argument("--out", required=True, type=Path, help="embedding folder to write")
+    parser.add_argument("--posthoc-cca", action="store_true", help="apply the run's post-hoc CCA")
+    args = parser.parse_args(argv)
+    problem = _check(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    import flows  # noqa: F401  (points Prefect at the project-local home before Prefect is imported)
+
+    return _flow()(run=args.run, features=args.features, out=args.out, method=args.method, seed=args.seed,
+                   posthoc_cca=args.posthoc_cca, videos=args.videos)
+
+
+def _check(args: argparse.Namespace) -> str | None:
+    """The first problem with the command line's files, before any heavy work (None when fine)."""
+    from hscmae.checkpoint import BEST
+    from hscmae.embeddings import EmbeddingError, checkpoint_dir, run_method_config
+
+    try:
+        run_method_config(args.run, args.method)
+    except EmbeddingError as exc:
+        return str(exc)
+    weights = checkpoint_dir(args.run, args.method, args.seed) / BEST
+    if not weights.is_file():
+        return f"{weights}: no such checkpoint (method {args.method!r}, seed {args.seed})"
+    given = args.features if args.features is not None else args.videos
+    if not given.exists():
+        return f"{given}: no such file or folder"
+    if args.features is not None and given.is_dir() and not any(given.glob("*.parquet")):
+        return f"{given}: no feature shards (*.parquet)"
+    return None
+
+
+if __name__ == "__main__":
+    from flows.embed import main as module_main
+
+    module_main()

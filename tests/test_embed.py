@@ -1,0 +1,89 @@
+"""Embedding a small trained run: the written vectors reproduce the run's test metrics, and search over them
+ranks as a brute-force numpy reference does."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hscmae.embeddings import (EmbeddingError, checkpoint_dir, embed_shard, load_embedder, read_embeddings,
+                               run_method_config)
+from hscmae.evaluate import evaluate
+from hscmae.experiment import ExperimentConfig, run_experiment
+from hscmae.search import Index
+from hscmae.synthetic import SyntheticConfig
+from pipeline.shards import shard_paths
+
+SMALL = SyntheticConfig(clips=300, classes=3, seconds=3, audio_dim=12, visual_dim=20, signal_dim=3, val_fraction=0.0)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("embed")
+    config = ExperimentConfig(synthetic=SMALL, data_root=str(root / "data"), methods=["hscmae", "linear-cca"],
+                              seeds=[0], epochs=2, batch_size=64, runs_root=str(root / "runs"))
+    run_dir = run_experiment(config, progress=False)
+    shards = json.loads((run_dir / "config.json").read_text())["experiment"]["shards"] or next(
+        (root / "data").iterdir())
+    return run_dir, shard_paths(shards), root
+
+
+@pytest.mark.parametrize("method", ["hscmae", "linear-cca"])
+def test_embeddings_reproduce_the_runs_test_metrics(small_run, method):
+    run_dir, shards, root = small_run
+    embedder = load_embedder(run_method_config(run_dir, method), checkpoint_dir(run_dir, method, 0),
+                             {"audio": SMALL.audio_dim, "visual": SMALL.visual_dim}, seed=0)
+    out = root / method
+    for i, shard in enumerate(shards):
+        embed_shard(embedder, shard, out / f"embeddings-{i:05d}.parquet")
+    emb = read_embeddings(out)
+    assert len(emb) == SMALL.clips and len(set(emb.clip_id)) == SMALL.clips
+    assert emb.meta["method"] == method and len(emb.meta["checkpoint_sha256"]) == 64
+    assert emb.meta["model"]["name"] == method and emb.meta["features"]["audio"]["extractor"]
+    test = emb.split == "test"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    recorded = next(r["metrics"] for r in metrics["runs"] if r["method"] == method)
+    found = evaluate(emb.audio[test], emb.visual[test], emb.label_id[test]).metrics
+    for name in ("a2v_map", "v2a_map"):
+        assert found[name] == pytest.approx(recorded[name], abs=1e-6), name
+
+
+def test_search_over_a_run_matches_brute_force(small_run):
+    run_dir, shards, root = small_run
+    embedder = load_embedder(run_method_config(run_dir, "hscmae"), checkpoint_dir(run_dir, "hscmae", 0),
+                             {"audio": SMALL.audio_dim, "visual": SMALL.visual_dim}, seed=0)
+    embed_shard(embedder, shards[0], root / "one" / "embeddings-00000.parquet")
+    index = Index.load(root / "one")
+    queries = index.audio[:25]
+    found = index.search(queries, 10, "a2v", max_chunk_bytes=4096)
+    q = queries / np.linalg.norm(queries.astype(np.float64), axis=1, keepdims=True)
+    g = index.visual / np.linalg.norm(index.visual.astype(np.float64), axis=1, keepdims=True)
+    scores = q @ g.T
+    want = np.array([np.lexsort((np.arange(len(g)), -row))[:10] for row in scores])
+    np.testing.assert_array_equal(found.index, want)
+    np.testing.assert_allclose(found.score, np.take_along_axis(scores, want, axis=1), atol=1e-10)
+
+
+def test_loading_a_model_on_features_it_was_not_made_for_fails(small_run):
+    run_dir, _, _ = small_run
+    with pytest.raises(EmbeddingError, match="does not fit hscmae"):
+        load_embedder(run_method_config(run_dir, "hscmae"), checkpoint_dir(run_dir, "hscmae", 0),
+                      {"audio": 7, "visual": SMALL.visual_dim}, seed=0)
+    with pytest.raises(EmbeddingError, match="has no method 'clip'"):
+        run_method_config(run_dir, "clip")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "3"], "no such checkpoint"),
+    (["--method", "dcca"], "has no method 'dcca'"),
+])
+def test_embed_cli_bad_input_is_one_error_line(small_run, capsys, args, message):
+    from flows.embed import main
+
+    run_dir, shards, root = small_run
+    with pytest.raises(SystemExit) as stopped:
+        main(["--run", str(run_dir), "--features", str(shards[0]), "--out", str(root / "x"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
