@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> TrainEvalOutcome:
         clips=args.clips, seconds=args.seconds, visual_model=args.visual_model, seeds=args.seeds,
         epochs=args.epochs, out=args.out, runs_root=args.runs_root)
     print(f"\n{outcome.table}\nRun directory: {outcome.run_dir}")
+    print(f"Retrieval page: {(outcome.run_dir / 'retrieval.html').resolve()}")
     return outcome
 
 

@@ -130,7 +130,9 @@ def train_eval(config: ExperimentConfig = ExperimentConfig()) -> TrainEvalOutcom
     summarise_run.with_options(result_storage=storage)(summary_key, results, data, config, run_dir)
 
     table = (run_dir / "results.md").read_text()
-    create_markdown_artifact(f"## Results\n\n{table}\nRun directory: `{run_dir}`", key="train-eval-results",
+    create_markdown_artifact(f"## Results\n\n{table}\nRun directory: `{run_dir}`\n\n"
+                             f"[Retrieved clips and embedding map]({(run_dir / 'retrieval.html').resolve().as_uri()})",
+                             key="train-eval-results",
                              description="retrieval mAP on test, mean ± std over seeds")
     link_files(sorted((run_dir / "plots").glob("*.png")) + [run_dir / "results.md", run_dir / "results.csv",
                                                           run_dir / "metrics.json", run_dir / "log.jsonl"],

@@ -31,6 +31,7 @@ from hscmae.config import methods
 from hscmae.data import ClipArrays
 from hscmae.evaluate import evaluate, retrieval_score, select_cca
 from hscmae.report import aggregate, data_info, markdown_table, plot_losses, plot_pr_curves, write_csv
+from hscmae.retrieval_page import write_retrieval_page
 from hscmae.synthetic import SyntheticConfig, write_synthetic
 from hscmae.train import embed, fit
 from pipeline.atomic import atomic_path
@@ -226,6 +227,7 @@ def summarise(results: list[MethodResult], data: PreparedData, config: Experimen
         plot_losses(runs, tmp, title)
     with atomic_path(run_dir / "plots" / "pr_curves.png") as tmp:
         plot_pr_curves(runs, tmp, f"test, {title}")
+    write_retrieval_page(run_dir, results, data, config)  # retrieval.html: queries, top-5 clips, embedding map
     return run_dir
 
 
