@@ -7,8 +7,9 @@
 ``"a2v"`` takes audio query vectors and ranks the clips' visual embeddings, ``"v2a"`` the reverse.
 
 Exact search is chunked over the gallery: a chunk of ``c`` gallery clips against ``Q`` queries holds
-about ``BYTES_PER_PAIR * Q * c`` bytes of scores (float64) and selection bookkeeping, and ``c`` keeps that
-under ``max_chunk_bytes``; the index itself holds the raw float32 vectors (``N * L * 4`` bytes per modality).
+about ``(BYTES_PER_PAIR * Q + 8 * L) * c`` bytes (float64 scores and selection bookkeeping, the chunk's
+unit vectors in float64), and ``c`` keeps that under ``max_chunk_bytes`` (64 MiB by default); the index
+itself holds the raw float32 vectors (``N * L * 4`` bytes per modality).
 Scores are cosines in float64 rounded to multiples of :data:`hscmae.metrics.SCORE_GRID`, exactly as the
 evaluation scores them, so numerically equal cosines are exact ties. Ties are broken by gallery row:
 among equal scores the clip that comes first in the index (shards sorted by name, rows in file order)
@@ -52,14 +53,15 @@ def score_grid() -> float:
 
 def unit_rows(x: np.ndarray, name: str) -> np.ndarray:
     """``x: [N, L]`` as float64 rows of length 1; ``ValueError`` for non-finite or all-zero rows."""
-    x = np.asarray(x, dtype=np.float64)
+    x = np.array(x, dtype=np.float64)  # a copy, normalised in place
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"{name}: expected vectors [N>0, L], got shape {x.shape}")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]  # no [N, L] temporary, unlike np.linalg.norm
     bad = np.flatnonzero(~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0))
     if bad.size:
         raise ValueError(f"{name}: row {int(bad[0])} is all zeros or not finite (cosine undefined)")
-    return x / norms
+    x /= norms
+    return x
 
 
 def select_top(score: np.ndarray, index: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -144,7 +146,7 @@ class Index:
         if backend != "exact":
             raise ValueError(f"backend must be 'exact' or 'faiss', got {backend!r}")
         grid = score_grid()
-        step = max(k, max_chunk_bytes // (BYTES_PER_PAIR * len(queries)))
+        step = max(k, max_chunk_bytes // (BYTES_PER_PAIR * len(queries) + 8 * gallery.shape[1]))
         best_index = np.empty((len(queries), 0), dtype=np.int64)
         best_score = np.empty((len(queries), 0))
         for start in range(0, len(gallery), step):
