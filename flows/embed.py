@@ -7,7 +7,7 @@ One task per feature shard writes ``<out>/embeddings-<nnnnn>.parquet`` (``hscmae
 label, split, audio and visual vectors; the checkpoint's sha256 and the model config in the metadata).
 A task's cache key hashes the feature shard's bytes, the checkpoint's bytes, the method config and the
 embedding code (plus the output path), so a re-run is Cached. ``--videos`` (a folder of class folders or
-a labels CSV) first runs ``build-features`` with the run's extractor (model, weights) into ``<out>/features``;
+a labels CSV) first runs ``build-features`` with the run's extractor (model, weights) into ``<out>/build``;
 the new shards' extractor metadata must equal the run's. Search the result with ``python -m hscmae.search``.
 """
 
@@ -77,14 +77,20 @@ def extract_config_of(meta: dict[str, Any]) -> Any:
 def features_from_videos(run_dir: Path, videos: Path, out: Path) -> Path:
     """Run ``build-features`` on ``videos`` with the run's extractor; returns the new shard folder."""
     from flows.build_features import build_features
-    from pipeline.folder import SplitConfig, build_folder_manifest
+    from pipeline.folder import SplitConfig, build_folder_manifest, read_labels_csv, scan_class_tree
     from pipeline.manifest import write_manifest
 
     meta = run_features_meta(run_dir)
-    built = build_folder_manifest(videos, dataset=videos.stem, splitting=SplitConfig(test_fraction=0.0,
-                                                                                      val_fraction=0.0))
-    manifest = write_manifest(built.frame, out / "features" / "manifest.parquet")
-    result = build_features(manifest=manifest, out=out / "features", extract=extract_config_of(meta))
+    listed = scan_class_tree(videos)[0] if videos.is_dir() else read_labels_csv(videos)
+    split_file = None
+    if "split" not in listed.columns:  # new clips belong to no training split: all "test"
+        split_file = out / "build" / "splits.csv"
+        split_file.parent.mkdir(parents=True, exist_ok=True)
+        listed[["path"]].assign(split="test").to_csv(split_file, index=False)
+    built = build_folder_manifest(videos, dataset=videos.stem, split_file=split_file,
+                                  splitting=SplitConfig(val_fraction=0.0))
+    manifest = write_manifest(built.frame, out / "build" / "manifest.parquet")
+    result = build_features(manifest=manifest, out=out / "build", extract=extract_config_of(meta))
     from pipeline.shards import read_shard, shard_paths
 
     made = read_shard(shard_paths(result.shards)[0])[1]

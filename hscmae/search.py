@@ -200,7 +200,7 @@ def _queries(index: Index, value: str, modality: str) -> tuple[np.ndarray, list[
     from hscmae.embeddings import read_embeddings
 
     emb = read_embeddings(path)
-    return getattr(emb, modality), [str(c) for c in emb.clip_id]
+    return getattr(emb, modality), [str(c) if l is None else f"{c} ({l})" for c, l in zip(emb.clip_id, emb.label)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,8 @@ def write_preview(source: str | os.PathLike[str], start_s: float, end_s: float, 
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if math.isnan(end_s):
+        end_s = decode.probe(source).duration_s  # NaN too when the container does not say
     stop = start_s + PREVIEW_SECONDS if math.isnan(end_s) else min(end_s, start_s + PREVIEW_SECONDS)
     frames, _ = decode.video_frames_pyav(source, np.array([(start_s + stop) / 2]), THUMB_SIZE, end_s=stop)
     samples, _ = decode.decode_audio(source, start_s, stop, PREVIEW_RATE)
