@@ -79,6 +79,7 @@ def features_from_videos(run_dir: Path, videos: Path, out: Path) -> Path:
     from flows.build_features import build_features
     from pipeline.folder import SplitConfig, build_folder_manifest, read_labels_csv, scan_class_tree
     from pipeline.manifest import write_manifest
+    from pipeline.shards import read_shard, shard_paths
 
     meta = run_features_meta(run_dir)
     listed = scan_class_tree(videos)[0] if videos.is_dir() else read_labels_csv(videos)
@@ -91,8 +92,6 @@ def features_from_videos(run_dir: Path, videos: Path, out: Path) -> Path:
                                   splitting=SplitConfig(val_fraction=0.0))
     manifest = write_manifest(built.frame, out / "build" / "manifest.parquet")
     result = build_features(manifest=manifest, out=out / "build", extract=extract_config_of(meta))
-    from pipeline.shards import read_shard, shard_paths
-
     made = read_shard(shard_paths(result.shards)[0])[1]
     differs = [m for m in ("audio", "visual") if made[m] != meta[m]]
     if differs:
@@ -104,6 +103,7 @@ def features_from_videos(run_dir: Path, videos: Path, out: Path) -> Path:
 @functools.cache
 def _flow() -> Any:
     """The Prefect flow ``embed`` and its task, built on first use so ``--help`` stays fast."""
+    import pyarrow.parquet as pq
     from prefect import flow, task
 
     from flows.common import digest, key_of, results_dir, source_digest
@@ -146,8 +146,6 @@ def _flow() -> Any:
         written = [f.result() for f in futures]
         for stale in set(out.glob(SHARD_PATTERN)) - set(written):  # left by an earlier, larger feature set
             stale.unlink()
-        import pyarrow.parquet as pq
-
         clips = sum(pq.ParquetFile(p).metadata.num_rows for p in written)
         states: dict[str, int] = {}
         for future in futures:
@@ -180,8 +178,6 @@ def main(argv: list[str] | None = None) -> EmbedOutcome | None:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
-    import flows  # noqa: F401  (points Prefect at the project-local home before Prefect is imported)
-
     return _flow()(run=args.run, features=args.features, out=args.out, method=args.method, seed=args.seed,
                    posthoc_cca=args.posthoc_cca, videos=args.videos)
 
