@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,12 +76,13 @@ def extract_config_of(meta: dict[str, Any]) -> Any:
 def features_from_videos(run_dir: Path, videos: Path, out: Path) -> Path:
     """Run ``build-features`` on ``videos`` with the run's extractor; returns the new shard folder."""
     from flows.build_features import build_features
-    from pipeline.folder import SplitConfig, build_folder_manifest, read_labels_csv, scan_class_tree
-    from pipeline.manifest import write_manifest
+    from pipeline.folder import LABELS_CSV, SplitConfig, build_folder_manifest, read_labels_csv, scan_class_tree
+    from pipeline.manifest_schema import write_manifest
     from pipeline.shards import read_shard, shard_paths
 
     meta = run_features_meta(run_dir)
-    listed = scan_class_tree(videos)[0] if videos.is_dir() else read_labels_csv(videos)
+    listing = videos / LABELS_CSV if videos.is_dir() else videos  # what build_folder_manifest reads
+    listed = read_labels_csv(listing)[0] if listing.is_file() else scan_class_tree(videos)[0]
     split_file = None
     if "split" not in listed.columns:  # new clips belong to no training split: all "test"
         split_file = out / "build" / "splits.csv"
@@ -163,7 +163,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def main(argv: list[str] | None = None) -> EmbedOutcome | None:
+def main(argv: list[str] | None = None) -> EmbedOutcome:
+    from pipeline.errors import add_debug_argument, user_errors
+
     parser = argparse.ArgumentParser(prog="python -m flows.embed", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--run", required=True, type=Path, help="a train-eval run directory")
     parser.add_argument("--method", default="hscmae", help="which method of the run (default hscmae)")
@@ -173,33 +175,28 @@ def main(argv: list[str] | None = None) -> EmbedOutcome | None:
     source.add_argument("--videos", type=Path, help="videos to extract first: class folders or a labels CSV")
     parser.add_argument("--out", required=True, type=Path, help="embedding folder to write")
     parser.add_argument("--posthoc-cca", action="store_true", help="apply the run's post-hoc CCA")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
-    problem = _check(args)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
+    with user_errors(args.debug):
+        check_embed(args)
     return _flow()(run=args.run, features=args.features, out=args.out, method=args.method, seed=args.seed,
                    posthoc_cca=args.posthoc_cca, videos=args.videos)
 
 
-def _check(args: argparse.Namespace) -> str | None:
-    """The first problem with the command line's files, before any heavy work (None when fine)."""
+def check_embed(args: argparse.Namespace) -> None:
+    """The command line's run, checkpoint and inputs, before any heavy work; raises ``UserError``."""
     from hscmae.checkpoint import BEST
-    from hscmae.embeddings import EmbeddingError, checkpoint_dir, run_method_config
+    from hscmae.embeddings import checkpoint_dir, run_method_config
+    from pipeline.errors import UserError, require_dir, require_file
+    from pipeline.inputs import check_shards
 
-    try:
-        run_method_config(args.run, args.method)
-    except EmbeddingError as exc:
-        return str(exc)
-    weights = checkpoint_dir(args.run, args.method, args.seed) / BEST
-    if not weights.is_file():
-        return f"{weights}: no such checkpoint (method {args.method!r}, seed {args.seed})"
-    given = args.features if args.features is not None else args.videos
-    if not given.exists():
-        return f"{given}: no such file or folder"
-    if args.features is not None and given.is_dir() and not any(given.glob("*.parquet")):
-        return f"{given}: no feature shards (*.parquet)"
-    return None
+    require_dir(args.run, "run directory (--run)")
+    run_method_config(args.run, args.method)
+    require_file(checkpoint_dir(args.run, args.method, args.seed) / BEST, f"checkpoint of {args.method} seed {args.seed}")
+    if args.features is not None:
+        check_shards(args.features)
+    elif not args.videos.exists():
+        raise UserError(f"{args.videos}: no such folder or labels CSV (--videos)")
 
 
 if __name__ == "__main__":

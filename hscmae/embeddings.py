@@ -29,6 +29,7 @@ from hscmae.config import MethodConfig
 from hscmae.data import ClipArrays
 from pipeline.atomic import atomic_path
 from pipeline.digest import sha256_file
+from pipeline.errors import UserError
 from pipeline.shards import MODALITIES
 
 META_KEY = b"hscmae-embeddings"
@@ -36,7 +37,7 @@ POSTHOC_CCA = "posthoc_cca.safetensors"  # the name hscmae.experiment saves it u
 SHARD_PATTERN = "embeddings-*.parquet"
 
 
-class EmbeddingError(ValueError):
+class EmbeddingError(UserError):
     """An embedding folder, shard or run breaks the contract; the message names the file."""
 
 

@@ -51,14 +51,23 @@ def media_sources(shards: str | Path) -> dict[str, tuple[str, float, float]]:
 
     Empty for generated or imported features, and for sources that are not local files.
     """
+    from pipeline.manifest_schema import manifest_root, read_manifest
+
     manifest = Path(shards).parent / "manifest.parquet"
     if not Path(shards).is_dir() or not manifest.is_file():
         return {}
-    frame = pq.read_table(manifest, columns=["clip_id", "source", "source_kind", "clip_start_s",
-                                             "clip_end_s"]).to_pandas()
-    frame = frame[frame["source_kind"] == "file"]
-    return {r.clip_id: (r.source, float(r.clip_start_s), float(r.clip_end_s)) for r in frame.itertuples()
-            if Path(r.source).is_file()}
+    frame = read_manifest(manifest)
+    root = manifest_root(frame)
+    found = {}
+    for row in frame[frame["source_kind"] == "file"].itertuples():
+        path = Path(row.source)
+        if not path.is_absolute():  # relative to the dataset root, and confined to it
+            if root is None or not (root / path).resolve().is_relative_to(root.resolve()):
+                continue
+            path = root / path
+        if path.is_file():
+            found[row.clip_id] = (str(path), float(row.clip_start_s), float(row.clip_end_s))
+    return found
 
 
 def embedding_map(audio: np.ndarray, visual: np.ndarray, labels: Sequence[str], path: Path, title: str) -> str:

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import UserError, add_debug_argument, named_errors, require_positive, user_errors
+
 DIRECTIONS = {"a2v": ("audio", "visual"), "v2a": ("visual", "audio")}  # direction -> (query, gallery) modality
 BYTES_PER_PAIR = 24
 DEFAULT_CHUNK_BYTES = 64 * 2**20
@@ -107,12 +109,12 @@ class Index:
     @classmethod
     def load(cls, source: str | os.PathLike[str], *, split: str | None = None) -> Index:
         """The clips of an embedding folder or shard (``hscmae.embeddings``); ``split`` keeps one split."""
-        from hscmae.embeddings import read_embeddings
+        from hscmae.embeddings import EmbeddingError, read_embeddings
 
         emb = read_embeddings(source)
         keep = np.ones(len(emb), dtype=bool) if split is None else emb.split == split
         if not keep.any():
-            raise ValueError(f"{source}: no clips in split {split!r}")
+            raise EmbeddingError(f"{source}: no clips in split {split!r}")
         return cls(clip_id=emb.clip_id[keep], label=emb.label[keep], split=emb.split[keep],
                    audio=emb.audio[keep], visual=emb.visual[keep], meta=emb.meta)
 
@@ -188,14 +190,14 @@ def _queries(index: Index, value: str, modality: str) -> tuple[np.ndarray, list[
         return index.vectors(modality)[row:row + 1], [value if label is None else f"{value} ({label})"]
     path = Path(value)
     if not path.exists():
-        raise ValueError(f"{value}: neither a clip id of the index nor a file")
+        raise UserError(f"{value}: neither a clip id of the index nor a file")
     if path.suffix == ".npy":
         try:
             vectors = np.atleast_2d(np.load(path, allow_pickle=False))
-        except ValueError as exc:
-            raise ValueError(f"{path}: not a numeric .npy array ({exc})") from exc
+        except (ValueError, OSError) as exc:
+            raise UserError(f"{path}: not a numeric .npy array ({exc})") from None
         if vectors.ndim != 2:
-            raise ValueError(f"{path}: expected a vector [L] or vectors [Q, L], got shape {vectors.shape}")
+            raise UserError(f"{path}: expected a vector [L] or vectors [Q, L], got shape {vectors.shape}")
         return vectors, [f"{path.name}[{i}]" for i in range(len(vectors))]
     from hscmae.embeddings import read_embeddings
 
@@ -204,6 +206,7 @@ def _queries(index: Index, value: str, modality: str) -> tuple[np.ndarray, list[
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; bad input exits with status 2 and one ``error:`` line (``pipeline.errors``)."""
     parser = argparse.ArgumentParser(prog="python -m hscmae.search", description=__doc__.splitlines()[0])
     parser.add_argument("--index", required=True, type=Path, help="embedding folder or shard (python -m flows.embed)")
     query = parser.add_mutually_exclusive_group(required=True)
@@ -215,20 +218,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", help="search only the clips of this split (train, val, test)")
     parser.add_argument("--backend", choices=("exact", "faiss"), default="exact",
                         help="exact chunked cosine (default) or FAISS (needs faiss-cpu)")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     modality = "audio" if args.query_audio is not None else "visual"
     direction = "a2v" if modality == "audio" else "v2a"
-    try:
-        if args.top < 1:
-            raise ValueError(f"--top must be >= 1, got {args.top}")
+    query = args.query_audio or args.query_visual
+    with user_errors(args.debug):
+        require_positive("--top", args.top)
         if args.backend == "faiss" and not faiss_available():
-            raise ValueError("--backend faiss: the faiss-cpu package is not installed")
+            raise UserError("--backend faiss: the faiss-cpu package is not installed")
         index = Index.load(args.index, split=args.split)
-        vectors, names = _queries(index, args.query_audio or args.query_visual, modality)
-        result = index.search(vectors, min(args.top, len(index)), direction, backend=args.backend)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        vectors, names = _queries(index, query, modality)
+        with named_errors(query):
+            result = index.search(vectors, min(args.top, len(index)), direction, backend=args.backend)
     gallery = DIRECTIONS[direction][1]
     for name, rows, scores in zip(names, result.index, result.score):
         print(f"query {name}, {modality} -> {gallery} of {len(index)} clips")

@@ -76,7 +76,7 @@ def test_loading_a_model_on_features_it_was_not_made_for_fails(small_run):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--seed", "3"], "no such checkpoint"),
+    (["--seed", "3"], "best.safetensors: no such checkpoint of hscmae seed 3"),
     (["--method", "dcca"], "has no method 'dcca'"),
 ])
 def test_embed_cli_bad_input_is_one_error_line(small_run, capsys, args, message):

@@ -14,7 +14,7 @@ import pytest
 from hscmae.experiment import ExperimentConfig, run_experiment
 from pipeline.demo import LABELS_FILE, DemoConfig, write_demo
 from pipeline.folder import SplitConfig, build_folder_manifest
-from pipeline.manifest import write_manifest
+from pipeline.manifest_schema import write_manifest
 from pipeline.preview import PREVIEW_RATE, PREVIEW_SECONDS
 from pipeline.shards import ClipFeatures, write_shard
 
@@ -86,12 +86,14 @@ def test_every_file_the_page_references_exists(video_run):
 
 
 def test_previews_are_real_media(video_run):
-    run_dir, parsed, _ = video_run
+    run_dir, parsed, manifest = video_run
+    length = dict(zip(manifest["clip_id"], (manifest["clip_end_s"] - manifest["clip_start_s"]).fillna(3.0)))
     sounds = [run_dir / r for r in parsed.refs if r.endswith(".wav")]
     for path in sounds:
         with wave.open(str(path)) as audio:
             assert audio.getframerate() == PREVIEW_RATE and audio.getnchannels() == 1
-            assert 2.9 <= audio.getnframes() / PREVIEW_RATE <= min(3.0, PREVIEW_SECONDS) + 0.05  # 3 s clips
+            want = min(length[path.stem], PREVIEW_SECONDS)  # the clip (3 s files, cut by labels.csv) or 4 s
+            assert audio.getnframes() / PREVIEW_RATE == pytest.approx(want, abs=0.05), path.name
             assert np.abs(np.frombuffer(audio.readframes(audio.getnframes()), "<i2")).max() > 100  # not silence
     for ref in parsed.refs:
         if ref.endswith(".png"):

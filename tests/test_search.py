@@ -116,17 +116,30 @@ def test_cli_queries_from_an_npy_file(emb_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--query-audio", "no-such-clip"], "neither a clip id"),
-    (["--query-audio", "clip0001", "--top", "0"], "--top must be >= 1"),
+    (["--query-audio", "clip0001", "--top", "0"], "--top: must be > 0"),
     (["--query-audio", "clip0001", "--split", "train"], "no clips in split 'train'"),
 ])
 def test_cli_bad_input_is_one_error_line(emb_dir, capsys, args, message):
     folder, _ = emb_dir
-    assert main(["--index", str(folder), *args]) == 2
+    with pytest.raises(SystemExit) as stopped:
+        main(["--index", str(folder), *args])
+    assert stopped.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
 
 
 def test_cli_missing_index_is_one_error_line(tmp_path, capsys):
-    assert main(["--index", str(tmp_path / "nothing"), "--query-audio", "x"]) == 2
+    with pytest.raises(SystemExit) as stopped:
+        main(["--index", str(tmp_path / "nothing"), "--query-audio", "x"])
+    assert stopped.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'nothing'}")
+
+
+def test_cli_query_of_the_wrong_size_names_the_file(emb_dir, tmp_path, capsys):
+    folder, _ = emb_dir
+    np.save(tmp_path / "short.npy", np.ones(5))
+    with pytest.raises(SystemExit) as stopped:
+        main(["--index", str(folder), "--query-visual", str(tmp_path / "short.npy")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and err == [f"error: {tmp_path / 'short.npy'}: queries have 5 dims, the index 6"]
