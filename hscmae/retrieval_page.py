@@ -4,10 +4,11 @@ For a fixed sample of test queries (seeded, the same for every run of the same d
 direction, the page shows the query beside its top :data:`TOP` test clips of the other modality,
 each marked relevant (same label) or not, and the query's average precision: the very numbers the
 evaluation averages into mAP (whole test gallery, own pair included). Video sources get a frame
-thumbnail and an audio player (files in ``<run>/retrieval/``); imported or generated features show
-the clip id. Below, a 2-D map of the test embeddings coloured by class (UMAP when installed, else PCA):
-audio, visual, and both in one space (``<run>/plots/embedding_map.png``). The page uses relative links
-only, so it opens from disk and through any file server of the run folder.
+thumbnail (the middle of the annotated event when there is one) and an audio player (files in
+``<run>/retrieval/``); imported or generated features show the clip id. Below, a 2-D map of the test
+embeddings coloured by class (UMAP when installed, else PCA): audio, visual, and both in one space
+(``<run>/plots/embedding_map.png``). The page uses relative links only, so it opens from disk and
+through any file server of the run folder.
 
 The model shown is ``hscmae`` when the run has it (else the first method), with the run's first seed.
 """
@@ -46,8 +47,10 @@ def label_names(shards: str | Path) -> dict[str, str]:
     return names
 
 
-def media_sources(shards: str | Path) -> dict[str, tuple[str, float, float]]:
-    """``clip_id -> (file, clip start, clip end)`` from the manifest beside a build-features shard folder.
+def media_sources(shards: str | Path) -> dict[str, tuple[str, float, float, float]]:
+    """``clip_id -> (file, clip start, clip end, thumbnail time)`` from the manifest beside a build-features shard folder.
+
+    Times are seconds in the file; the thumbnail time is the middle of the annotated event (NaN without one).
 
     Empty for generated or imported features, and for sources that are not local files.
     """
@@ -66,7 +69,8 @@ def media_sources(shards: str | Path) -> dict[str, tuple[str, float, float]]:
                 continue
             path = root / path
         if path.is_file():
-            found[row.clip_id] = (str(path), float(row.clip_start_s), float(row.clip_end_s))
+            event = row.clip_start_s + (row.event_start_s + row.event_end_s) / 2
+            found[row.clip_id] = (str(path), float(row.clip_start_s), float(row.clip_end_s), float(event))
     return found
 
 
@@ -129,13 +133,15 @@ def _clip_cell(clip_id: str, label: str, media: dict[str, Any], extra: str = "")
     return f"<td{extra}>{body}<br>{html.escape(str(label))}</td>"
 
 
-def _previews(run_dir: Path, clip_ids: set[str], sources: dict[str, tuple[str, float, float]]) -> dict[str, Any]:
+def _previews(run_dir: Path, clip_ids: set[str], sources: dict[str, tuple[str, float, float, float]]
+              ) -> dict[str, Any]:
     """``clip_id -> (thumbnail, audio)`` relative paths, or the reason there is none."""
     from pipeline.preview import try_preview
 
     out: dict[str, Any] = {}
     for clip_id in sorted(clip_ids & set(sources)):
-        made = try_preview(*sources[clip_id], run_dir / MEDIA_DIR, clip_id)
+        source, start, end, event = sources[clip_id]
+        made = try_preview(source, start, end, run_dir / MEDIA_DIR, clip_id, frame_s=event)
         out[clip_id] = made if isinstance(made, str) else (
             f"{MEDIA_DIR}/{made.thumbnail.name}", f"{MEDIA_DIR}/{made.audio.name}")
     return out

@@ -42,11 +42,13 @@ def write_wav(path: str | os.PathLike[str], samples: np.ndarray, sample_rate: in
 
 
 def write_preview(source: str | os.PathLike[str], start_s: float, end_s: float, out_dir: str | os.PathLike[str],
-                  name: str) -> Preview:
-    """Thumbnail of the clip's middle frame and its first :data:`PREVIEW_SECONDS` of sound, as ``out_dir/name.*``.
+                  name: str, *, frame_s: float = math.nan) -> Preview:
+    """A thumbnail and the clip's first :data:`PREVIEW_SECONDS` of sound, as ``out_dir/name.png`` and ``.wav``.
 
-    ``end_s`` may be NaN (the clip runs to the end of the file). Raises ``av.error.FFmpegError`` or
-    ``ValueError`` when the file holds no frame or no sound there.
+    The thumbnail is the frame on screen at ``frame_s`` (seconds in the file; e.g. the middle of the
+    annotated event), by default the middle of the previewed span. ``end_s`` may be NaN (the clip runs to
+    the end of the file). Raises ``av.error.FFmpegError`` or ``ValueError`` when the file holds no frame or
+    no sound there.
     """
     from matplotlib.image import imsave
 
@@ -55,7 +57,8 @@ def write_preview(source: str | os.PathLike[str], start_s: float, end_s: float, 
     if math.isnan(end_s):
         end_s = decode.probe(source).duration_s  # NaN too when the container does not say
     stop = start_s + PREVIEW_SECONDS if math.isnan(end_s) else min(end_s, start_s + PREVIEW_SECONDS)
-    frames, _ = decode.video_frames_pyav(source, np.array([(start_s + stop) / 2]), THUMB_SIZE, end_s=stop)
+    at = (start_s + stop) / 2 if math.isnan(frame_s) else frame_s
+    frames, _ = decode.video_frames_pyav(source, np.array([at]), THUMB_SIZE, end_s=max(stop, at))
     samples, _ = decode.decode_audio(source, start_s, stop, PREVIEW_RATE)
     if len(frames) == 0 or len(samples) == 0:
         raise ValueError(f"{source}: no frame or no sound between {start_s:.2f} s and {stop:.2f} s")
@@ -65,9 +68,9 @@ def write_preview(source: str | os.PathLike[str], start_s: float, end_s: float, 
 
 
 def try_preview(source: str | os.PathLike[str], start_s: float, end_s: float, out_dir: str | os.PathLike[str],
-                name: str) -> Preview | str:
+                name: str, *, frame_s: float = math.nan) -> Preview | str:
     """:func:`write_preview`, or the reason it could not be made (a page shows the reason instead)."""
     try:
-        return write_preview(source, start_s, end_s, out_dir, name)
+        return write_preview(source, start_s, end_s, out_dir, name, frame_s=frame_s)
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         return f"no preview: {type(exc).__name__}: {exc}"
