@@ -92,7 +92,7 @@ class Index:
     audio: np.ndarray
     visual: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
-    _faiss: dict[str, Any] = field(default_factory=dict, repr=False)
+    _faiss: dict[str, Any] = field(default_factory=dict, init=False, repr=False)  # built on first use
 
     def __post_init__(self) -> None:
         for m in ("audio", "visual"):
