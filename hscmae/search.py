@@ -159,6 +159,7 @@ class Index:
             merged_index = np.concatenate([best_index, found[0]], axis=1)
             merged_score = np.concatenate([best_score, found[1]], axis=1)
             best_index, best_score = select_top(merged_score, merged_index, min(k, merged_score.shape[1]))
+            del chunk, score, cols  # freed before the next chunk is made: one chunk alive at a time
         return SearchResult(index=best_index, score=best_score)
 
     def _search_faiss(self, queries: np.ndarray, k: int, modality: str) -> SearchResult:
