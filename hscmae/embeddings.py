@@ -33,7 +33,6 @@ from pipeline.errors import UserError
 from pipeline.shards import MODALITIES
 
 META_KEY = b"hscmae-embeddings"
-POSTHOC_CCA = "posthoc_cca.safetensors"  # the name hscmae.experiment saves it under
 SHARD_PATTERN = "embeddings-*.parquet"
 
 
@@ -137,6 +136,8 @@ def load_embedder(method: MethodConfig, folder: str | os.PathLike[str], dims: di
         raise EmbeddingError(f"{best}: made for feature sizes {found}, the clips have {dims}")
     extra = None
     if posthoc:
+        from hscmae.experiment import POSTHOC_CCA  # here: hscmae.experiment imports this module's users
+
         path = folder / POSTHOC_CCA
         if not path.is_file():
             raise EmbeddingError(f"{path}: no post-hoc CCA saved for this run")

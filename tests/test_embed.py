@@ -3,6 +3,7 @@ ranks as a brute-force numpy reference does."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -30,24 +31,27 @@ def small_run(tmp_path_factory):
     return run_dir, shard_paths(shards), root
 
 
-@pytest.mark.parametrize("method", ["hscmae", "linear-cca"])
-def test_embeddings_reproduce_the_runs_test_metrics(small_run, method):
+@pytest.mark.parametrize("method, posthoc", [("hscmae", False), ("hscmae", True), ("linear-cca", False)])
+def test_embeddings_reproduce_the_runs_test_metrics(small_run, method, posthoc):
     run_dir, shards, root = small_run
     embedder = load_embedder(run_method_config(run_dir, method), checkpoint_dir(run_dir, method, 0),
-                             {"audio": SMALL.audio_dim, "visual": SMALL.visual_dim}, seed=0)
-    out = root / method
+                             {"audio": SMALL.audio_dim, "visual": SMALL.visual_dim}, seed=0, posthoc=posthoc)
+    out = root / f"{method}-{posthoc}"
     for i, shard in enumerate(shards):
         embed_shard(embedder, shard, out / f"embeddings-{i:05d}.parquet")
     emb = read_embeddings(out)
     assert len(emb) == SMALL.clips and len(set(emb.clip_id)) == SMALL.clips
-    assert emb.meta["method"] == method and len(emb.meta["checkpoint_sha256"]) == 64
+    assert emb.meta["method"] == method and emb.meta["posthoc_cca"] == posthoc
+    assert emb.meta["checkpoint_sha256"] == hashlib.sha256((checkpoint_dir(run_dir, method, 0) / "best.safetensors")
+                                                           .read_bytes()).hexdigest()
     assert emb.meta["model"]["name"] == method and emb.meta["features"]["audio"]["extractor"]
     test = emb.split == "test"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     recorded = next(r["metrics"] for r in metrics["runs"] if r["method"] == method)
     found = evaluate(emb.audio[test], emb.visual[test], emb.label_id[test]).metrics
+    prefix = "cca_" if posthoc else ""  # the run's metrics after its post-hoc CCA
     for name in ("a2v_map", "v2a_map"):
-        assert found[name] == pytest.approx(recorded[name], abs=1e-6), name
+        assert found[name] == pytest.approx(recorded[prefix + name], abs=1e-6), name
 
 
 def test_search_over_a_run_matches_brute_force(small_run):

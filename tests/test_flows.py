@@ -232,6 +232,7 @@ def test_train_eval_matches_the_plain_experiment_and_is_cached(first, tmp_path: 
     artifacts = _artifacts(flow_run_id)
     table = (outcome.run_dir / "results.md").read_text()
     assert table in artifacts["train-eval-results"].data and "RANDOM WEIGHTS" in table
+    assert (outcome.run_dir / "retrieval.html").resolve().as_uri() in artifacts["train-eval-results"].data
     links = artifacts["train-eval-files"].data
     for name in ("loss_curves.png", "pr_curves.png"):
         plot = outcome.run_dir / "plots" / name
