@@ -16,6 +16,7 @@ The model shown is ``hscmae`` when the run has it (else the first method), with 
 from __future__ import annotations
 
 import html
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,7 @@ def _previews(run_dir: Path, clip_ids: set[str], sources: dict[str, tuple[str, f
     """``clip_id -> (thumbnail, audio)`` relative paths, or the reason there is none."""
     from pipeline.preview import try_preview
 
+    shutil.rmtree(run_dir / MEDIA_DIR, ignore_errors=True)  # an earlier page's previews
     out: dict[str, Any] = {}
     for clip_id in sorted(clip_ids & set(sources)):
         source, start, end, event = sources[clip_id]
@@ -196,6 +198,9 @@ def _html(method: str, seed: int, info: dict[str, Any], found: dict[str, Any], i
              f"features: {html.escape(str(info.get('weights')))}. Relevant = same label as the query "
              f"(<span class=rel>green</span>), else <span class=irr>red</span>. AP: the query's average precision "
              f"over the whole test gallery, as in the mAP of <a href=\"results.md\">results.md</a>.</p>"]
+    if info.get("random_weights") or info.get("synthetic"):
+        parts.append("<p><b>The features come from random extractor weights or are generated: these retrievals "
+                     "show that the path works, not how well the method does on real data.</b></p>")
     for direction, (result, ap) in found.items():
         query_m, gallery_m = DIRECTIONS[direction]
         what, wanted = words[direction]
