@@ -17,7 +17,10 @@ import argparse
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported where used, so --help stays fast
+    from extractors.extract import ExtractConfig
 
 SHARD_NAME = "embeddings-{:05d}.parquet"
 
@@ -64,7 +67,7 @@ def run_features_meta(run_dir: Path) -> dict[str, Any]:
     return read_shard(shard_paths(config["experiment"]["shards"])[0])[1]
 
 
-def extract_config_of(meta: dict[str, Any]) -> Any:
+def extract_config_of(meta: dict[str, Any]) -> ExtractConfig:
     """The ``ExtractConfig`` that makes features like those of ``meta`` (published weights unless random)."""
     from extractors.extract import ExtractConfig
 

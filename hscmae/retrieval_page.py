@@ -19,7 +19,7 @@ import html
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -29,6 +29,9 @@ from hscmae.metrics import retrieval_metrics
 from hscmae.search import DIRECTIONS, Index, unit_rows
 from pipeline.atomic import atomic_path
 from pipeline.shards import shard_paths
+
+if TYPE_CHECKING:  # hscmae.experiment imports this module
+    from hscmae.experiment import ExperimentConfig, MethodResult, PreparedData
 
 PAGE = "retrieval.html"
 MEDIA_DIR = "retrieval"
@@ -149,7 +152,8 @@ def _previews(run_dir: Path, clip_ids: set[str], sources: dict[str, tuple[str, f
     return out
 
 
-def write_retrieval_page(run_dir: str | Path, results: Sequence[Any], data: Any, config: Any) -> Path:
+def write_retrieval_page(run_dir: str | Path, results: Sequence[MethodResult], data: PreparedData,
+                         config: ExperimentConfig) -> Path:
     """Write ``run_dir/retrieval.html`` (and its thumbnails, sounds and map) for a finished experiment.
 
     Args:
