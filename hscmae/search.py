@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         require_positive("--top", args.top)
         if args.backend == "faiss" and not faiss_available():
             raise UserError("--backend faiss: the faiss-cpu package is not installed")
-        index = Index.load(args.index, split=args.split)
+        with named_errors(args.index):  # e.g. an all-zero embedding row
+            index = Index.load(args.index, split=args.split)
         vectors, names = _queries(index, query, modality)
         with named_errors(query):
             result = index.search(vectors, min(args.top, len(index)), direction, backend=args.backend)

@@ -143,3 +143,17 @@ def test_cli_query_of_the_wrong_size_names_the_file(emb_dir, tmp_path, capsys):
         main(["--index", str(folder), "--query-visual", str(tmp_path / "short.npy")])
     err = capsys.readouterr().err.strip().splitlines()
     assert stopped.value.code == 2 and err == [f"error: {tmp_path / 'short.npy'}: queries have 5 dims, the index 6"]
+
+
+def test_cli_index_with_a_zero_vector_is_one_error_line(tmp_path, capsys):
+    index = tied_index(n=40)
+    audio = index.audio.copy()
+    audio[4] = 0
+    write_embeddings(tmp_path / "embeddings-00000.parquet", Embeddings(
+        clip_id=index.clip_id, label=index.label, label_id=np.zeros(40, dtype=int), split=index.split,
+        audio=audio, visual=index.visual))
+    with pytest.raises(SystemExit) as stopped:
+        main(["--index", str(tmp_path), "--query-visual", "clip0001"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and len(err) == 1
+    assert err[0].startswith(f"error: {tmp_path}: audio embeddings") and "row 4 is all zeros" in err[0]
