@@ -278,3 +278,23 @@ def test_written_manifest_keeps_its_root_and_refuses_escapes(tmp_path):
     assert pd.read_parquet(tmp_path / "m.parquet").attrs["root"] == str(csv.parent.resolve())
     with pytest.raises(ManifestError, match=r"row 1 \(clip_id 'b.z'\): source '../z.mp4': relative file source leaves"):
         write_manifest(frame.assign(source=["a/x.mp4", "../z.mp4"]), tmp_path / "n.parquet")
+
+
+def test_source_index_hashes_a_file_once_until_it_changes(tmp_path, monkeypatch):
+    import hashlib
+
+    from pipeline import source_index
+
+    calls: list[Path] = []
+    real = source_index.sha256_file
+    monkeypatch.setattr(source_index, "sha256_file", lambda p: calls.append(p) or real(p))
+    clip = tmp_path / "a.mp4"
+    clip.write_bytes(b"one")
+    first = source_index.SourceIndex(tmp_path / "sources.json")
+    assert first.digest(clip) == hashlib.sha256(b"one").hexdigest()
+    first.save()
+    again = source_index.SourceIndex(tmp_path / "sources.json")  # a re-run: read from the index
+    assert again.digest(clip) == hashlib.sha256(b"one").hexdigest() and len(calls) == 1
+    clip.write_bytes(b"fixed")  # size and mtime change: hashed again
+    assert again.digest(clip) == hashlib.sha256(b"fixed").hexdigest() and len(calls) == 2
+    assert again.digest(tmp_path / "gone.mp4") == source_index.MISSING
