@@ -202,16 +202,27 @@ def test_constant_rows_can_be_kept_and_are_listed(tmp_path, capsys):
     assert f"{h5}: audio_train, row 4 (clip 'train_00004'): every value is 0" in capsys.readouterr().err
 
 
-def test_truncated_shard_is_named(tmp_path):
+def _truncated_shard(folder: Path) -> Path:
     from pipeline.shards import ClipFeatures, write_shard
 
     clip = ClipFeatures("c1", "cat", 0, "train", np.ones((2, 4), np.float32), np.arange(6, dtype=np.float32).reshape(2, 3))
     meta = {m: {"extractor": "x", "version": "1", "params": {}, "weights": "random"} for m in ("audio", "visual")}
-    shard = write_shard(tmp_path / "shards" / "shard-00000.parquet", [clip], meta)
-    assert check_shards(tmp_path / "shards") == [shard]
+    shard = write_shard(folder / "shard-00000.parquet", [clip], meta)
+    assert check_shards(folder) == [shard]
     shard.write_bytes(shard.read_bytes()[:-40])
+    return shard
+
+
+def test_truncated_shard_is_named(tmp_path, capsys):
+    shard = _truncated_shard(tmp_path / "shards")
     with pytest.raises(ShardError, match=f"^{shard}: not a readable Parquet shard, truncated or damaged"):
         check_shards(tmp_path / "shards")
+    from flows.train_eval import main  # the CLI says so before Prefect starts, with no run left PENDING
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--features", str(tmp_path / "shards")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(f"error: {shard}: not a readable Parquet shard") and err.count("\n") == 1
     with pytest.raises(ShardError, match=f"^{tmp_path / 'none'}: no such feature shard folder or file$"):
         check_shards(tmp_path / "none")
     with pytest.raises(ShardError, match=f"^{tmp_path}: no shard files"):
