@@ -110,7 +110,7 @@ class Extractors:
 
     @torch.inference_mode()
     def features(self, segments: Sequence[Segment]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per clip: audio ``[E_i, 128]`` (one per 0.96 s example) and visual ``[T_i, D]`` (one per frame)."""
+        """Per clip: audio ``[E_i, 128]`` and visual ``[T_i, D]``, one row per second (a 0.96 s example starting on it, the frame at its middle)."""
         waves = [torch.from_numpy(np.asarray(s.audio, dtype=np.float32)).to(self.device) for s in segments]
         examples, audio_counts = self.audio.frontend.examples(waves)  # float32, outside autocast
         audio = self.batched(self.audio, examples, vp.EMBEDDING_SIZE).cpu().numpy()

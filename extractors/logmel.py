@@ -48,11 +48,11 @@ def num_frames(num_samples: int) -> int:
 
 
 def num_examples(num_samples: int) -> int:
-    """Complete 0.96 s examples in ``num_samples`` of 16 kHz audio."""
+    """0.96 s examples on the one-second grid in ``num_samples`` of 16 kHz audio: one per whole second."""
     frames = num_frames(num_samples)
     if frames < vp.EXAMPLE_WINDOW_FRAMES:
         return 0
-    return 1 + (frames - vp.EXAMPLE_WINDOW_FRAMES) // vp.EXAMPLE_HOP_FRAMES
+    return min(1 + (frames - vp.EXAMPLE_WINDOW_FRAMES) // vp.GRID_HOP_FRAMES, num_samples // vp.SAMPLE_RATE)
 
 
 class LogMelFrontend(nn.Module):
@@ -77,20 +77,34 @@ class LogMelFrontend(nn.Module):
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         """``waveform: [B, S]`` -> log-mel ``[B, num_frames(S), 64]`` (float32)."""
-        padded = F.pad(waveform.float(), (self.pad, self.pad))
+        return self._log_mel(F.pad(waveform.float(), (self.pad, self.pad)))
+
+    def _log_mel(self, padded: torch.Tensor) -> torch.Tensor:
         magnitude = self.spectrogram(padded).transpose(1, 2)  # [B, frames, 257]
         return torch.log(magnitude @ self.mel + vp.LOG_OFFSET)
 
-    def examples(self, waveforms: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
-        """Clips of any lengths ``[S_i]`` -> examples ``[sum E_i, 96, 64]`` and the counts ``E_i``.
+    def clip_examples(self, waveform: torch.Tensor, chunk_seconds: int = 60) -> torch.Tensor:
+        """One clip ``[S]`` -> its examples on the one-second grid ``[num_examples(S), 96, 64]``.
 
-        Clips are zero-padded to a common length for one batched STFT; the padded tail only
-        adds frames past each clip's own complete examples, which are dropped.
+        Computed ``chunk_seconds`` at a time from just the samples each chunk needs, so memory
+        does not grow with the clip's length; equal to :meth:`forward` over the whole clip.
         """
-        counts = [num_examples(int(w.shape[0])) for w in waveforms]
-        longest = max(int(w.shape[0]) for w in waveforms)
-        batch = torch.stack([F.pad(w, (0, longest - int(w.shape[0]))) for w in waveforms])
-        log_mel = self.forward(batch)
-        windows = log_mel.unfold(1, vp.EXAMPLE_WINDOW_FRAMES, vp.EXAMPLE_HOP_FRAMES)  # [B, E, 64, 96]
-        parts = [windows[i, :n].transpose(1, 2) for i, n in enumerate(counts)]
-        return torch.cat(parts), counts
+        count, length = num_examples(int(waveform.shape[0])), int(waveform.shape[0])
+        span = (vp.EXAMPLE_WINDOW_FRAMES - 1) * vp.STFT_HOP_LENGTH_SAMPLES + vp.FFT_LENGTH  # padded samples of one example
+        parts = [torch.empty(0, vp.EXAMPLE_WINDOW_FRAMES, vp.NUM_BANDS, device=waveform.device)]
+        for first_second in range(0, count, chunk_seconds):
+            seconds = min(chunk_seconds, count - first_second)
+            # frame i starts at padded sample 160 i, i.e. sample 160 i - pad of the clip
+            first = first_second * vp.SAMPLE_RATE - self.pad
+            last = first + (seconds - 1) * vp.SAMPLE_RATE + span
+            piece = waveform[max(0, first):min(length, last)].float()
+            piece = F.pad(piece, (max(0, -first), max(0, last - length)))
+            log_mel = self._log_mel(piece[None])[0]  # [frames, 64]
+            windows = log_mel.unfold(0, vp.EXAMPLE_WINDOW_FRAMES, vp.GRID_HOP_FRAMES)  # [seconds, 64, 96]
+            parts.append(windows[:seconds].transpose(1, 2))
+        return torch.cat(parts)
+
+    def examples(self, waveforms: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+        """Clips of any lengths ``[S_i]`` -> examples ``[sum E_i, 96, 64]`` (one per whole second) and the counts ``E_i``."""
+        parts = [self.clip_examples(w) for w in waveforms]
+        return torch.cat(parts), [len(p) for p in parts]

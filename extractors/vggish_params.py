@@ -29,6 +29,14 @@ NUM_SPECTROGRAM_BINS = FFT_LENGTH // 2 + 1  # 257
 EXAMPLE_WINDOW_FRAMES = int(round(EXAMPLE_WINDOW_SECONDS / STFT_HOP_LENGTH_SECONDS))  # 96
 EXAMPLE_HOP_FRAMES = int(round(EXAMPLE_HOP_SECONDS / STFT_HOP_LENGTH_SECONDS))  # 96
 
+# This project's grid, not the recipe's: one 0.96 s example per second of the clip, starting on
+# the second (example k covers [k, k + 0.96) s), so audio row k and visual frame k (sampled at
+# k + 0.5 s) describe the same second whatever the clip length; the last 0.04 s of each second
+# is not heard. (The recipe's 0.96 s hop drifts: 1,875 examples for 1,800 s.) AVE's released
+# features are the same: 10 examples for a 10-s clip.
+GRID_HOP_SECONDS = 1.0
+GRID_HOP_FRAMES = int(round(GRID_HOP_SECONDS / STFT_HOP_LENGTH_SECONDS))  # 100
+
 # HTK mel scale: mel = MEL_HIGH_FREQUENCY_Q * ln(1 + hz / MEL_BREAK_FREQUENCY_HERTZ).
 MEL_BREAK_FREQUENCY_HERTZ = 700.0
 MEL_HIGH_FREQUENCY_Q = 1127.0

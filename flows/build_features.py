@@ -284,10 +284,10 @@ def build_features(
     # where things live is not an input: the sources' bytes are (the cache dir is an output)
     acquire_settings = replace(acquire_config, cache_dir=Path("."), root=None, archive=None)
     acquire_config = replace(acquire_config, root=acquire_config.root or manifest_root(frame))
-    index = SourceIndex(out / "media" / "sources.json")
-    contents = [index.digest(p) if p is not None else "" for p in
+    sources = SourceIndex(out / "media" / "sources.json")
+    contents = [sources.digest(p) if p is not None else "" for p in
                 (content_path(row, acquire_config) for row in frame.itertuples(index=False))]
-    index.save()
+    sources.save()
 
     futures = []
     for index, start in enumerate(range(0, len(frame), clips_per_shard)):

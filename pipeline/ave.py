@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.cards import DatasetCard, load_card
-from pipeline.manifest_schema import Anomaly, ManifestBuild, ManifestError, validate_manifest
+from pipeline.manifest_schema import Anomaly, ManifestBuild, ManifestError, RowProblem, validate_manifest
 from pipeline.shards import SPLITS
 
 HEADER = ("Category", "VideoID", "Quality", "StartTime", "EndTime")
@@ -70,36 +70,50 @@ def ave_clip_id(ytid: str, category: str) -> str:
 def read_ave_lines(path: str | os.PathLike[str], classes: Sequence[str]) -> list[AveRow]:
     """Parse an AVE annotation or split file (with or without its header line).
 
-    Raises :class:`ManifestError` naming the file, the line and the problem: a wrong field
-    count, a category not in ``classes``, an unsafe YouTube id, a time that is not a number,
-    outside ``[0, 10]``, or an end before its start.
+    Raises one :class:`ManifestError` naming the file and every bad line with its problem: a
+    wrong field count, a category not in ``classes``, an unsafe YouTube id, a time that is not
+    a number, outside ``[0, 10]``, or an end before its start.
     """
-    rows = []
+    rows, problems = [], []
     known = set(classes)
-    for number, text in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not text.strip():
+    text = Path(path).read_text()
+    if not text.strip():
+        raise ManifestError(f"{path}: the file is empty")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
             continue
-        fields = tuple(f.strip() for f in text.split("&"))
+        fields = tuple(f.strip() for f in line.split("&"))
         if number == 1 and fields == HEADER:
             continue
-        at = f"{path}, line {number}"
-        if len(fields) != len(HEADER):
-            raise ManifestError(f"{at}: expected {len(HEADER)} '&'-separated fields {HEADER}, got {len(fields)}")
+        problem = _line_problem(fields, known)
+        if problem is not None:
+            problems.append(RowProblem(f"line {number}", *problem))
+            continue
         category, ytid, quality, start_text, end_text = fields
-        if category not in known:
-            raise ManifestError(f"{at}: category {category!r} is not in the class list")
-        if not _YTID.match(ytid):
-            raise ManifestError(f"{at}: VideoID {ytid!r} is not an 11-character YouTube id")
-        try:
-            start, end = float(start_text), float(end_text)
-        except ValueError:
-            raise ManifestError(f"{at}: StartTime/EndTime {start_text!r}/{end_text!r} are not numbers") from None
-        if not (0.0 <= start <= CLIP_SECONDS and 0.0 <= end <= CLIP_SECONDS):
-            raise ManifestError(f"{at}: event {start}-{end} s lies outside the {CLIP_SECONDS:g}-s clip")
-        if end < start:
-            raise ManifestError(f"{at}: EndTime {end} is before StartTime {start}")
-        rows.append(AveRow(str(path), number, category, ytid, quality, start, end))
+        rows.append(AveRow(str(path), number, category, ytid, quality, float(start_text), float(end_text)))
+    if problems:
+        raise ManifestError.of(str(path), problems)
     return rows
+
+
+def _line_problem(fields: tuple[str, ...], known: set[str]) -> tuple[str, str, str] | None:
+    """``(column, value, problem)`` of the first thing wrong with one annotation line, or None."""
+    if len(fields) != len(HEADER):
+        return "fields", repr("&".join(fields)), f"expected {len(HEADER)} '&'-separated fields {HEADER}, got {len(fields)}"
+    category, ytid, _, start_text, end_text = fields
+    if category not in known:
+        return "Category", repr(category), "not in the class list"
+    if not _YTID.match(ytid):
+        return "VideoID", repr(ytid), "not an 11-character YouTube id"
+    try:
+        start, end = float(start_text), float(end_text)
+    except ValueError:
+        return "StartTime/EndTime", f"{start_text!r}/{end_text!r}", "not numbers"
+    if not (0.0 <= start <= CLIP_SECONDS and 0.0 <= end <= CLIP_SECONDS):
+        return "StartTime/EndTime", f"{start:g}/{end:g}", f"outside the {CLIP_SECONDS:g}-s clip"
+    if end < start:
+        return "EndTime", f"{end:g}", f"before StartTime {start:g}"
+    return None
 
 
 def assign_splits(rows: Sequence[AveRow], split_files: Mapping[str, str | os.PathLike[str]],

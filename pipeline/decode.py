@@ -59,28 +59,50 @@ def decode_audio(
     stream ends early. Raises ``av.error.FFmpegError``.
     """
     resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-    chunks: list[np.ndarray] = []
     first_time: float | None = None
     with av.open(str(path)) as container:
         stream = container.streams.audio[0]
+        known = container.duration / av.time_base if container.duration is not None else 60.0
+        audio = _Samples(int((min(end_s, known) - max(0.0, start_s - 1.0) + 1.0) * sample_rate))
         if start_s > 1.0:  # audio frames are all key frames: seek a little before the start
             container.seek(int((start_s - 1.0) / stream.time_base), stream=stream, backward=True)
         for frame in container.decode(stream):
             if first_time is None:
                 first_time = float(frame.time) if frame.time is not None else 0.0
             for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray().reshape(-1))
+                audio.append(out.to_ndarray().reshape(-1))
             if frame.time is not None and frame.time > end_s:
                 break
         for out in resampler.resample(None):
-            chunks.append(out.to_ndarray().reshape(-1))
-    if not chunks:
-        return np.zeros(0, dtype=np.float32), 0.0
-    audio = np.concatenate(chunks).astype(np.float32, copy=False)
+            audio.append(out.to_ndarray().reshape(-1))
+    audio = audio.array()
+    if not len(audio):
+        return audio, 0.0
     offset = round((start_s - (first_time or 0.0)) * sample_rate)
     lead = max(0, -offset)
     stop = len(audio) if np.isinf(end_s) else max(0, offset + round((end_s - start_s) * sample_rate))
     return audio[max(0, offset):stop], lead / sample_rate
+
+
+class _Samples:
+    """A float32 sample buffer filled in place (sized from the container's duration), so a long
+    clip's audio is held once, not as chunks plus their concatenation."""
+
+    def __init__(self, expected: int) -> None:
+        self.buffer = np.empty(max(expected, 1), dtype=np.float32)
+        self.used = 0
+
+    def append(self, chunk: np.ndarray) -> None:
+        if self.used + len(chunk) > len(self.buffer):
+            grown = np.empty(max(2 * len(self.buffer), self.used + len(chunk)), dtype=np.float32)
+            grown[: self.used] = self.buffer[: self.used]
+            self.buffer = grown
+        self.buffer[self.used: self.used + len(chunk)] = chunk
+        self.used += len(chunk)
+
+    def array(self) -> np.ndarray:
+        """The samples ``[S] float32`` (a view of the buffer)."""
+        return self.buffer[: self.used]
 
 
 def frame_targets(start_s: float, length_s: float, fps: float) -> np.ndarray:

@@ -121,7 +121,7 @@ def segment_clip(
         return fail("too_short", f"asked {asked} from {start_s:.2f} s, only {max(available, 0):.2f} s there "
                                  f"(audio to {audio_end:.2f} s, video to {video_end:.2f} s; minimum {config.min_seconds} s)")
     audio = audio[: round(available * config.sample_rate)]
-    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+    rms = _rms(audio)
     if rms < config.silence_rms:
         return fail("silent", f"audio RMS {rms:.2e} is below {config.silence_rms:.0e}")
     times = decode.frame_targets(0.0, available, config.fps)
@@ -131,6 +131,12 @@ def segment_clip(
     short_by = 0.0 if math.isinf(end) else max(0.0, end - start_s - available)
     return Segment(clip_id=clip_id, audio=audio, frames=frames, frame_times=times,
                    sample_rate=config.sample_rate, short_by_s=short_by if short_by > config.length_tolerance_s else 0.0)
+
+
+def _rms(audio: np.ndarray, block: int = 1 << 20) -> float:
+    """Root mean square of ``audio: [S]`` in float64, a block at a time (no clip-long float64 copy)."""
+    total = sum(float(np.dot(part.astype(np.float64), part)) for part in np.split(audio, range(block, len(audio), block)))
+    return float(np.sqrt(total / max(len(audio), 1)))
 
 
 def _frames(path: str | os.PathLike[str], start_s: float, end: float, info: decode.Probe,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 
 def stratified_holdout(labels: Sequence[object] | np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -25,6 +24,8 @@ def stratified_holdout(labels: Sequence[object] | np.ndarray, fraction: float, s
             f"cannot stratify {len(labels)} items of {len(values)} classes with fraction {fraction}: "
             f"{held_count} held out and {len(labels) - held_count} kept, but each side needs one item per class"
         )
+    from sklearn.model_selection import train_test_split  # here, not at the top: it takes seconds to import
+
     _, held = train_test_split(np.arange(len(labels)), test_size=fraction, stratify=labels, random_state=seed)
     mask = np.zeros(len(labels), dtype=bool)
     mask[held] = True

@@ -140,16 +140,18 @@ def test_audioset_segments_turn_clips_into_youtube_cuts(tmp_path):
 
 
 @pytest.mark.parametrize("lines, splits, problem", [
-    (["Bark&AAAAAAAAAAA&good&0"], None, "line 2: expected 5"),
-    (["Dragon&AAAAAAAAAAA&good&0&10"], None, "line 2: category 'Dragon'"),
-    (["Bark&AAAAAAAAAAA&good&6&2"], None, "line 2: EndTime 2.0 is before StartTime 6.0"),
-    (["Bark&../../etc/pa&good&0&10"], None, "line 2: VideoID '../../etc/pa'"),
+    (["Bark&AAAAAAAAAAA&good&0"], None, "line 2: fields 'Bark&AAAAAAAAAAA&good&0': expected 5"),
+    (["Dragon&AAAAAAAAAAA&good&0&10"], None, "line 2: Category 'Dragon': not in the class list"),
+    (["Bark&AAAAAAAAAAA&good&6&2"], None, "line 2: EndTime 2: before StartTime 6"),
+    (["Bark&../../etc/pa&good&0&10"], None, "line 2: VideoID '../../etc/pa': not an 11-character"),
     (["Bark&AAAAAAAAAAA&good&0&x"], None, "line 2: StartTime/EndTime"),
     (["Bark&AAAAAAAAAAA&good&0&12"], None, "outside the 10-s clip"),
     (["Bark&AAAAAAAAAAA&good&0&10", "Bark&AAAAAAAAAAA&good&0&10"], None, "line 3: repeats line 2"),
     (LINES, {"train": ["Bark&AAAAAAAAAAA&good&0&9"], "test": LINES}, "trainSet.txt, line 1: AAAAAAAAAAA 'Bark' 0-9"),
     (LINES, {"train": LINES[:1], "test": LINES[:1]}, "already in split 'train'"),
     (LINES, {"train": LINES[:2]}, "1 annotation rows are in no split file"),
+    (["Bark&AAAAAAAAAAA&good&0", "Dragon&AAAAAAAAAAA&good&0&10"], None,
+     "Annotations.txt: 2 problems in 2 rows (line | column | value | problem):\n  line 2 | fields"),
 ])
 def test_bad_input_names_file_line_and_problem(tmp_path, lines, splits, problem):
     annotations, files = _write(tmp_path, lines, splits or {"train": lines})

@@ -202,16 +202,27 @@ def test_constant_rows_can_be_kept_and_are_listed(tmp_path, capsys):
     assert f"{h5}: audio_train, row 4 (clip 'train_00004'): every value is 0" in capsys.readouterr().err
 
 
-def test_truncated_shard_is_named(tmp_path):
+def _truncated_shard(folder: Path) -> Path:
     from pipeline.shards import ClipFeatures, write_shard
 
     clip = ClipFeatures("c1", "cat", 0, "train", np.ones((2, 4), np.float32), np.arange(6, dtype=np.float32).reshape(2, 3))
     meta = {m: {"extractor": "x", "version": "1", "params": {}, "weights": "random"} for m in ("audio", "visual")}
-    shard = write_shard(tmp_path / "shards" / "shard-00000.parquet", [clip], meta)
-    assert check_shards(tmp_path / "shards") == [shard]
+    shard = write_shard(folder / "shard-00000.parquet", [clip], meta)
+    assert check_shards(folder) == [shard]
     shard.write_bytes(shard.read_bytes()[:-40])
+    return shard
+
+
+def test_truncated_shard_is_named(tmp_path, capsys):
+    shard = _truncated_shard(tmp_path / "shards")
     with pytest.raises(ShardError, match=f"^{shard}: not a readable Parquet shard, truncated or damaged"):
         check_shards(tmp_path / "shards")
+    from flows.train_eval import main  # the CLI says so before Prefect starts, with no run left PENDING
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--features", str(tmp_path / "shards")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(f"error: {shard}: not a readable Parquet shard") and err.count("\n") == 1
     with pytest.raises(ShardError, match=f"^{tmp_path / 'none'}: no such feature shard folder or file$"):
         check_shards(tmp_path / "none")
     with pytest.raises(ShardError, match=f"^{tmp_path}: no shard files"):
@@ -278,3 +289,23 @@ def test_written_manifest_keeps_its_root_and_refuses_escapes(tmp_path):
     assert pd.read_parquet(tmp_path / "m.parquet").attrs["root"] == str(csv.parent.resolve())
     with pytest.raises(ManifestError, match=r"row 1 \(clip_id 'b.z'\): source '../z.mp4': relative file source leaves"):
         write_manifest(frame.assign(source=["a/x.mp4", "../z.mp4"]), tmp_path / "n.parquet")
+
+
+def test_source_index_hashes_a_file_once_until_it_changes(tmp_path, monkeypatch):
+    import hashlib
+
+    from pipeline import source_index
+
+    calls: list[Path] = []
+    real = source_index.sha256_file
+    monkeypatch.setattr(source_index, "sha256_file", lambda p: calls.append(p) or real(p))
+    clip = tmp_path / "a.mp4"
+    clip.write_bytes(b"one")
+    first = source_index.SourceIndex(tmp_path / "sources.json")
+    assert first.digest(clip) == hashlib.sha256(b"one").hexdigest()
+    first.save()
+    again = source_index.SourceIndex(tmp_path / "sources.json")  # a re-run: read from the index
+    assert again.digest(clip) == hashlib.sha256(b"one").hexdigest() and len(calls) == 1
+    clip.write_bytes(b"fixed")  # size and mtime change: hashed again
+    assert again.digest(clip) == hashlib.sha256(b"fixed").hexdigest() and len(calls) == 2
+    assert again.digest(tmp_path / "gone.mp4") == source_index.MISSING

@@ -80,7 +80,8 @@ def test_spectrogram_is_magnitude_not_power() -> None:
 
 
 @pytest.mark.parametrize(("samples", "frames", "examples"), [
-    (399, 0, 0), (400, 1, 0), (15599, 95, 0), (15600, 96, 1), (32000, 198, 2), (160000, 998, 10),
+    (399, 0, 0), (400, 1, 0), (15599, 95, 0), (15600, 96, 0), (16000, 98, 1), (31999, 198, 1), (32000, 198, 2),
+    (160000, 998, 10), (1800 * 16000, 179998, 1800),
 ])
 def test_frame_and_example_counts(samples: int, frames: int, examples: int) -> None:
     assert num_frames(samples) == frames
@@ -91,10 +92,13 @@ def test_batched_examples_equal_each_clip_alone() -> None:
     clips = [real_looking_audio(s, seed=i) for i, s in enumerate((2.5, 1.0, 3.9))]
     frontend = LogMelFrontend()
     examples, counts = frontend.examples([torch.tensor(c, dtype=torch.float32) for c in clips])
-    assert counts == [2, 1, 4]
-    assert examples.shape == (7, vp.NUM_FRAMES, vp.NUM_BANDS)
+    assert counts == [2, 1, 3]  # one per whole second
+    assert examples.shape == (6, vp.NUM_FRAMES, vp.NUM_BANDS)
+    chunked = frontend.clip_examples(torch.tensor(clips[2], dtype=torch.float32), chunk_seconds=1)
+    np.testing.assert_allclose(chunked.numpy(), examples[3:].numpy(), atol=1e-5, rtol=0)
     start = 0
     for clip, n in zip(clips, counts):
-        ref = reference_log_mel(clip)[: n * 96].reshape(n, 96, 64)  # non-overlapping 96-frame examples
+        frames = reference_log_mel(clip)
+        ref = np.stack([frames[100 * k: 100 * k + 96] for k in range(n)])  # 96-frame examples, one per second
         np.testing.assert_allclose(examples[start:start + n].numpy(), ref, atol=1e-4, rtol=0)
         start += n
