@@ -20,7 +20,9 @@ from hscmae.model import HSCMAE
 from hscmae.synthetic import SyntheticConfig
 from hscmae.train import embed
 
-TINY = SyntheticConfig(clips=640, classes=4, seconds=4, audio_dim=16, visual_dim=32, signal_dim=4, val_fraction=0.0)
+TINY = SyntheticConfig(clips=640, classes=4, seconds=4, audio_dim=16, visual_dim=32, signal_dim=4, test_fraction=0.2,
+                       modes=1, nuisance_dim=2, hidden=32,
+                       val_fraction=0.0)
 
 
 @pytest.fixture(scope="module")
