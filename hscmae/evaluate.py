@@ -51,7 +51,7 @@ def _directions(audio: np.ndarray, visual: np.ndarray, labels: np.ndarray, ks: S
 
 def retrieval_score(audio: np.ndarray, visual: np.ndarray, labels: np.ndarray) -> float:
     """Mean of a2v and v2a mAP: the model-selection score (``audio, visual: [N, L]``, ``labels: [N]``)."""
-    found = _directions(audio, visual, labels, (), [0.0])
+    found = _directions(audio, visual, labels, (), ())
     return float(np.mean([r.mean_average_precision for r in found.values()]))
 
 
@@ -131,7 +131,7 @@ def evaluate_partial(embedder: Embedder, test: ClipArrays, *, posthoc: LinearCCA
         if posthoc is not None:
             views[POSTHOC_PREFIX] = (posthoc.transform_x(audio, scale=True), posthoc.transform_y(visual, scale=True))
         for prefix, (a, v) in views.items():
-            found = _directions(a, v, test.label_id, (), [0.0])
+            found = _directions(a, v, test.label_id, (), ())
             maps = {d: r.mean_average_precision for d, r in found.items()}
             tag = f"drop{round(fraction * 100)}_{prefix}"
             out.update({f"{tag}{d}_map": m for d, m in maps.items()})
