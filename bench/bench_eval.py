@@ -72,8 +72,11 @@ def sort_floors(queries: np.ndarray, gallery: np.ndarray) -> tuple[Callable[[], 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     parser.add_argument("--no-sklearn", action="store_true", help="skip the (slow) scikit-learn reference")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     data = clips(0)
     torch.manual_seed(0)
