@@ -21,8 +21,8 @@ the count; if no query has a relevant item it raises ``ValueError``.
 
 Work is vectorised over queries and chunked: a chunk of ``c`` queries against ``G`` gallery
 items holds about ``BYTES_PER_PAIR * c * G`` bytes (float32 scores, their sorted copy, and
-the copy of scores that equal gallery rows need), and ``c`` is chosen so this stays under ``max_chunk_bytes`` (256 MiB by
-default: 167 queries per chunk for a 100k gallery).
+the copy of scores that equal gallery rows need), and ``c`` is chosen so this stays under
+``max_chunk_bytes`` (256 MiB by default: 167 queries per chunk for a 100k gallery).
 """
 
 from __future__ import annotations

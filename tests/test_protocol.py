@@ -14,7 +14,8 @@ from hscmae.report import BEST, WITHIN_NOISE, markdown_table, noise_marks
 def clip_arrays(lengths_audio: list[int], lengths_visual: list[int], t: int = 10, seed: int = 0) -> ClipArrays:
     rng = np.random.default_rng(seed)
     n = len(lengths_audio)
-    valid = {m: np.arange(t)[None, :] < np.array(ls)[:, None] for m, ls in (("a", lengths_audio), ("v", lengths_visual))}
+    valid = {m: np.arange(t)[None, :] < np.array(ls)[:, None]
+             for m, ls in (("a", lengths_audio), ("v", lengths_visual))}
     return ClipArrays(audio=rng.normal(size=(n, t, 3)).astype(np.float32),
                       visual=rng.normal(size=(n, t, 4)).astype(np.float32),
                       audio_valid=valid["a"], visual_valid=valid["v"], label_id=np.arange(n) % 2)
@@ -84,9 +85,10 @@ def test_noise_marks_against_a_hand_made_table():
 def test_markdown_table_shows_marks_partial_columns_and_legend():
     summary = {"x": {"mean_map": stats(0.6, 0.01), "drop30_mean_map": stats(0.41, 0.02)},
                "y": {"mean_map": stats(0.595, 0.002), "drop30_mean_map": stats(0.45, 0.01)}}
-    info = {"dataset": "d", "source": "s", "clips": {"train": 1, "val": 2, "test": 3}, "weights": "w", "seeds": [0, 1, 2]}
+    info = {"dataset": "d", "source": "s", "clips": {"train": 1, "val": 2, "test": 3}, "weights": "w",
+            "seeds": [0, 1, 2]}
     table = markdown_table(summary, info)
-    row = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| x") or line.startswith("| y")}
+    row = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith(("| x", "| y"))}
     assert "**0.600 ± 0.010**" in row["x"] and "0.595 ± 0.002 ≈" in row["y"]
     assert "**0.450 ± 0.010**" in row["y"] and "0.410 ± 0.020 |" in row["x"]  # 0.04 apart: beyond both stds
     assert "30 % s dropped" in table and "within one standard deviation of the best" in table
