@@ -29,7 +29,7 @@ from hscmae.cca import LinearCCA
 from hscmae.checkpoint import BEST
 from hscmae.config import methods
 from hscmae.data import ClipArrays
-from hscmae.evaluate import evaluate, retrieval_score, select_cca
+from hscmae.evaluate import evaluate, evaluate_partial, retrieval_score, select_cca
 from hscmae.report import aggregate, data_info, markdown_table, plot_losses, plot_pr_curves, write_csv
 from hscmae.retrieval_page import write_retrieval_page
 from hscmae.synthetic import SyntheticConfig, write_synthetic
@@ -179,9 +179,12 @@ def run_one(method_name: str, seed: int, data: PreparedData, run_dir: str | Path
                                   k=min(method.model.latent, *(x.shape[1] for x in train)))
         best_epoch = int(np.argmax([h["val_score"] for h in history]))
         _save_cca(cca, folder / BEST)
-        test_a, test_v = data.test.pooled()
-        result = evaluate(cca.transform_x(test_a, scale=True), cca.transform_y(test_v, scale=True),
-                          data.test.label_id)
+        def embedder(clips: ClipArrays) -> tuple[np.ndarray, np.ndarray]:
+            audio, visual = clips.pooled()
+            return cca.transform_x(audio, scale=True), cca.transform_y(visual, scale=True)
+
+        result = evaluate(*embedder(data.test), data.test.label_id)
+        result.metrics.update(evaluate_partial(embedder, data.test))
     else:
         trained = fit(method, data.train, data.val, seed=seed, scorer=retrieval_score, checkpoint_dir=folder,
                       progress=progress)
@@ -193,6 +196,7 @@ def run_one(method_name: str, seed: int, data: PreparedData, run_dir: str | Path
             posthoc_ridge = max(tried, key=lambda h: h["val_score"])["ridge"]
             _save_cca(posthoc, folder / POSTHOC_CCA)
         result = evaluate(*embed(trained.model, data.test), data.test.label_id, posthoc=posthoc)
+        result.metrics.update(evaluate_partial(lambda clips: embed(trained.model, clips), data.test, posthoc=posthoc))
     return MethodResult(method=method_name, kind=method.kind, seed=seed, best_epoch=best_epoch,
                         val_score=history[best_epoch]["val_score"],
                         metrics=result.metrics, curves=result.curves, history=history,

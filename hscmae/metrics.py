@@ -3,10 +3,16 @@
 Every query ranks the WHOLE gallery by cosine similarity; a gallery item is relevant when
 its label equals the query's. Tied scores are one threshold, as in scikit-learn's
 ``average_precision_score``: every item of a tie group gets the precision measured at the
-end of the group, so the result does not depend on how ties happen to be ordered. Cosine scores are float64
-and rounded to multiples of ``SCORE_GRID`` (2**-36, about 1.5e-11): a matrix product does not
-give bitwise-equal results for equal vectors at different positions or chunk sizes (errors of
-about 1e-15), and the rounding makes such numerically equal cosines the exact ties they are.
+end of the group, so the result does not depend on how ties happen to be ordered.
+
+How it is computed (one values-only sort of the score matrix, little else): the precision at the end of
+relevant item ``i``'s tie group is ``#relevant with score >= s_i / #items with score >= s_i``.
+Each query row is sorted once (ascending); the relevant scores of the row (a small
+``[m, R]`` block, queries grouped by label) are sorted too, and both counts are binary
+searches (``searchsorted``) of the relevant scores in the two sorted rows. Ties come out
+exact without any per-position bookkeeping. Scores are float32 cosines; gallery rows that are
+equal are scored once and copied (a matrix product can give equal vectors at different
+positions results that differ in the last bit), so equal embeddings tie exactly.
 
 Queries whose label occurs nowhere in the gallery have no defined average precision. They
 are left out of every mean (mAP, P@k, the PR curve), counted in
@@ -14,9 +20,9 @@ are left out of every mean (mAP, P@k, the PR curve), counted in
 the count; if no query has a relevant item it raises ``ValueError``.
 
 Work is vectorised over queries and chunked: a chunk of ``c`` queries against ``G`` gallery
-items holds about ``BYTES_PER_PAIR * c * G`` bytes (float64 scores, sort indices, cumulative
-counts and their tie bookkeeping), and ``c`` is chosen so this stays under
-``max_chunk_bytes`` (256 MiB by default: 27 queries per chunk for a 100k gallery).
+items holds about ``BYTES_PER_PAIR * c * G`` bytes (float32 scores, their sorted copy, and
+the copy of scores that equal gallery rows need), and ``c`` is chosen so this stays under
+``max_chunk_bytes`` (256 MiB by default: 167 queries per chunk for a 100k gallery).
 """
 
 from __future__ import annotations
@@ -28,8 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-BYTES_PER_PAIR = 96
-SCORE_GRID = 2.0**-36
+BYTES_PER_PAIR = 16
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 DEFAULT_KS = (1, 5, 10)
 DEFAULT_RECALL_LEVELS = np.linspace(0.0, 1.0, 101)
@@ -70,6 +75,7 @@ def _device(device: str | torch.device | None) -> torch.device:
 
 
 def _matrix(x: Array, name: str, device: torch.device) -> torch.Tensor:
+    """Rows scaled to unit length (in float64), returned as float32 ``[N, D]``."""
     t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x.detach())
     t = t.to(device=device, dtype=torch.float64)
     if t.ndim != 2 or t.shape[0] == 0:
@@ -80,7 +86,7 @@ def _matrix(x: Array, name: str, device: torch.device) -> torch.Tensor:
     norms = t.norm(dim=1, keepdim=True)
     if (norms == 0).any():
         raise ValueError(f"{name}: row {int((norms[:, 0] == 0).nonzero()[0])} is all zeros (cosine undefined)")
-    return t / norms
+    return (t / norms).float()
 
 
 def _labels(x: Array, name: str, n: int, device: torch.device) -> torch.Tensor:
@@ -92,40 +98,71 @@ def _labels(x: Array, name: str, n: int, device: torch.device) -> torch.Tensor:
     return t.long()
 
 
-def _ranked(scores: torch.Tensor, relevant: torch.Tensor
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rank each row of ``scores [c, G]`` (descending; ties by gallery order).
+def _sorted_rows(x: torch.Tensor) -> torch.Tensor:
+    """Each row of ``x [m, n]`` sorted ascending (values only).
 
-    Returns ``rel [c, G]`` (relevance in rank order), ``hits [c, G]`` (relevant items up to
-    each rank), ``prec_end [c, G]`` and ``hits_end [c, G]`` (precision and hits at the end of
-    each rank's tie group).
+    On the CPU this is NumPy's sort, which uses SIMD sorting networks where the CPU has them
+    and is many times faster than ``torch.sort`` (which also produces indices); elsewhere ``torch.sort``.
     """
-    values, order = torch.sort(scores, dim=1, descending=True, stable=True)
-    rel = relevant.gather(1, order)
-    hits = rel.cumsum(dim=1)
-    size = scores.shape[1]
-    positions = torch.arange(size, device=scores.device).expand_as(values)
-    is_end = torch.ones_like(rel)
-    is_end[:, :-1] = values[:, :-1] != values[:, 1:]
-    end_at = torch.where(is_end, positions, size)
-    group_end = end_at.flip(1).cummin(dim=1).values.flip(1)
-    hits_end = hits.gather(1, group_end).double()
-    return rel, hits, hits_end / (group_end + 1), hits_end
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.sort(x.numpy(), axis=1))
+    return torch.sort(x, dim=1).values
 
 
-def _chunk_metrics(scores: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int], levels: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-query AP ``[c]`` (NaN without relevant items), P@k ``[c, len(ks)]``, curve ``[c, R]``."""
-    rel, hits, prec_end, hits_end = _ranked(scores, relevant)
-    n_rel = hits[:, -1:].double()
-    ap = (prec_end * rel).sum(dim=1) / n_rel[:, 0]
-    p_at_k = torch.stack([hits[:, k - 1].double() / k for k in ks], dim=1) if ks else scores.new_zeros(len(scores), 0)
-    # interpolated precision: best precision at any rank whose recall reaches the level
-    best_after = prec_end.flip(1).cummax(dim=1).values.flip(1)
-    recall_end = (hits_end / n_rel.clamp(min=1)).contiguous()
-    first = torch.searchsorted(recall_end, levels.expand(len(scores), -1).contiguous())
-    curve = best_after.gather(1, first.clamp(max=scores.shape[1] - 1))
-    return ap, p_at_k, curve
+def _tie_ranks(asc: torch.Tensor, rel_asc: torch.Tensor, n_rel: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hits and precision at the end of each relevant item's tie group.
+
+    Args:
+        asc: ``[m, G]`` every score of each row, sorted ascending.
+        rel_asc: ``[m, R]`` the relevant scores of each row, sorted ascending; with ``n_rel [m]``
+            given, padded at the end with ``+inf`` beyond each row's ``n_rel`` relevant items.
+    Returns ``hits [m, R]`` (relevant items with a score >= each one's) and ``precision [m, R]``
+    (hits over the items with a score >= each one's), both float64 and 0 on padding.
+    """
+    count = rel_asc.shape[1] if n_rel is None else n_rel[:, None]
+    hits = (count - torch.searchsorted(rel_asc, rel_asc, side="left")).double()
+    precision = hits / (asc.shape[1] - torch.searchsorted(asc, rel_asc, side="left"))
+    if n_rel is not None:
+        real = torch.arange(rel_asc.shape[1], device=asc.device) < n_rel[:, None]
+        hits, precision = hits * real, torch.where(real, precision, 0.0)
+    return hits, precision
+
+
+def _curve(hits: torch.Tensor, precision: torch.Tensor, n_rel: int, levels: torch.Tensor) -> torch.Tensor:
+    """``[m, L]`` interpolated precision: the best precision at any threshold whose recall reaches each level.
+
+    Along ascending scores recall does not increase, so the thresholds with recall >= a level
+    are a prefix of the relevant items, and the best precision is a running maximum.
+    """
+    best = precision.cummax(dim=1).values
+    recall_up = (hits / n_rel).flip(1).contiguous()
+    reached = recall_up.shape[1] - torch.searchsorted(recall_up, levels.expand(len(hits), -1).contiguous())
+    return best.gather(1, (reached - 1).clamp(min=0))
+
+
+def _precision_at_k(scores: torch.Tensor, asc: torch.Tensor, rel_asc: torch.Tensor, relevant_cols: torch.Tensor,
+                    ks: Sequence[int]) -> torch.Tensor:
+    """``[m, len(ks)]`` share of relevant items among the top k; ties at rank k broken by gallery order.
+
+    ``scores: [m, G]`` in gallery order, ``asc``/``rel_asc`` as in :func:`_tie_ranks` (no padding),
+    ``relevant_cols: [G]`` bool.
+    """
+    size, out = asc.shape[1], []
+    for k in ks:
+        t = asc[:, size - k: size - k + 1].contiguous()  # the k-th largest score
+        above = size - torch.searchsorted(asc, t, side="right")
+        tied = size - above - torch.searchsorted(asc, t, side="left")
+        hits = rel_asc.shape[1] - torch.searchsorted(rel_asc, t, side="left")  # relevant items >= t
+        split = ((above + tied) > k)[:, 0]  # the tie group at rank k does not fit whole
+        if split.any():
+            rows = split.nonzero()[:, 0]
+            eq = scores[rows] == t[rows]
+            first = eq & (eq.cumsum(dim=1) <= (k - above[rows]))  # gallery order inside the tie
+            rel_above = rel_asc.shape[1] - torch.searchsorted(rel_asc[rows], t[rows], side="right")
+            hits[rows] = rel_above + (first & relevant_cols).sum(dim=1, keepdim=True)
+        out.append(hits[:, 0].double() / k)
+    return torch.stack(out, dim=1) if out else scores.new_zeros(len(scores), 0, dtype=torch.float64)
 
 
 def average_precision_from_scores(scores: Array, relevant: Array) -> np.ndarray:
@@ -138,8 +175,9 @@ def average_precision_from_scores(scores: Array, relevant: Array) -> np.ndarray:
     r = torch.as_tensor(np.asarray(relevant, dtype=bool))
     if s.ndim != 2 or s.shape != r.shape:
         raise ValueError(f"scores {tuple(s.shape)} and relevant {tuple(r.shape)} must both be [Q, G]")
-    ap, _, _ = _chunk_metrics(s, r, (), torch.zeros(1, dtype=torch.float64))
-    return ap.numpy()
+    n_rel = r.sum(dim=1)
+    _, precision = _tie_ranks(_sorted_rows(s), _sorted_rows(torch.where(r, s, torch.inf)), n_rel)
+    return (precision.sum(dim=1) / n_rel).numpy()
 
 
 def retrieval_metrics(queries: Array, gallery: Array, query_labels: Array, gallery_labels: Array, *,
@@ -152,9 +190,9 @@ def retrieval_metrics(queries: Array, gallery: Array, query_labels: Array, galle
         queries: ``[Nq, D]`` embeddings (NumPy or torch); gallery: ``[Ng, D]``.
         query_labels: ``[Nq]`` integers; gallery_labels: ``[Ng]`` integers.
         ks: ranks for precision at k (each ``1 <= k <= Ng``).
-        recall_levels: recall grid of the precision-recall curve, in ``[0, 1]``.
+        recall_levels: recall grid of the precision-recall curve, in ``[0, 1]`` (empty: no curve).
         chunk_size: queries per chunk; by default the most that fit ``max_chunk_bytes``.
-        device: where to compute; CUDA when available by default. Scores are float64.
+        device: where to compute; CUDA when available by default. Scores are float32 cosines.
     """
     dev = _device(device)
     q = _matrix(queries, "queries", dev)
@@ -170,13 +208,36 @@ def retrieval_metrics(queries: Array, gallery: Array, query_labels: Array, galle
     if levels.ndim != 1 or (levels < 0).any() or (levels > 1).any():
         raise ValueError("recall_levels must be a 1-d grid in [0, 1]")
     step = chunk_size or max(1, max_chunk_bytes // (BYTES_PER_PAIR * len(g)))
-    parts = []
+    # equal gallery rows are scored once, so that they tie exactly (see the module doc)
+    unique, inverse = torch.unique(g, dim=0, return_inverse=True)
+    unique, inverse = (g, None) if len(unique) == len(g) else (unique, inverse)
+    # queries grouped by label: each chunk is a few runs of queries that share their relevant columns
+    order = torch.sort(ql, stable=True).indices
+    ap = torch.full((len(q),), torch.nan, dtype=torch.float64, device=dev)
+    p_at_k = torch.zeros(len(q), len(ks), dtype=torch.float64, device=dev)
+    curve = torch.zeros(len(q), len(levels), dtype=torch.float64, device=dev)
     for start in range(0, len(q), step):
-        stop = min(start + step, len(q))
-        relevant = ql[start:stop, None] == gl[None, :]
-        scores = torch.round(q[start:stop] @ g.T / SCORE_GRID) * SCORE_GRID
-        parts.append(_chunk_metrics(scores, relevant, ks, levels))
-    ap, p_at_k, curve = (torch.cat(p).cpu().numpy() for p in zip(*parts))
+        rows = order[start:start + step]
+        scores = q[rows] @ unique.T
+        scores = scores if inverse is None else scores[:, inverse]
+        asc = _sorted_rows(scores)
+        labels, counts = torch.unique_consecutive(ql[rows], return_counts=True)
+        first = 0
+        for label, count in zip(labels.tolist(), counts.tolist()):
+            run, first = slice(first, first + count), first + count
+            relevant_cols = gl == label
+            cols = relevant_cols.nonzero()[:, 0]
+            n_rel = len(cols)
+            if n_rel == 0:
+                continue
+            rel_asc = _sorted_rows(scores[run].index_select(1, cols))
+            hits, precision = _tie_ranks(asc[run], rel_asc)
+            ap[rows[run]] = precision.sum(dim=1) / n_rel
+            if len(levels):
+                curve[rows[run]] = _curve(hits, precision, n_rel, levels)
+            if ks:
+                p_at_k[rows[run]] = _precision_at_k(scores[run], asc[run], rel_asc, relevant_cols, ks)
+    ap, p_at_k, curve = ap.cpu().numpy(), p_at_k.cpu().numpy(), curve.cpu().numpy()
     valid = ~np.isnan(ap)
     if not valid.any():
         raise ValueError("no query has a relevant gallery item (no query label occurs in gallery_labels)")
@@ -201,7 +262,7 @@ def mean_average_precision(queries: Array, gallery: Array, query_labels: Array, 
     Queries without a relevant gallery item are left out (with a warning); see the module doc.
     """
     result = retrieval_metrics(queries, gallery, query_labels, gallery_labels, ks=(),
-                               recall_levels=[0.0], chunk_size=chunk_size, device=device)
+                               recall_levels=(), chunk_size=chunk_size, device=device)
     _warn_missing(result)
     return result.mean_average_precision
 
@@ -211,7 +272,7 @@ def precision_at_k(queries: Array, gallery: Array, query_labels: Array, gallery_
                    device: str | torch.device | None = None) -> dict[int, float]:
     """``{k: mean over queries of the fraction of the top k gallery items that are relevant}``."""
     result = retrieval_metrics(queries, gallery, query_labels, gallery_labels, ks=ks,
-                               recall_levels=[0.0], chunk_size=chunk_size, device=device)
+                               recall_levels=(), chunk_size=chunk_size, device=device)
     _warn_missing(result)
     return result.precision_at_k
 

@@ -2,7 +2,9 @@
 
 Every table carries what the numbers stand on: the data (name, clips per split), the weights
 behind the features (random weights and generated features are called out), the number of
-seeds and the model-selection rule.
+seeds and the model-selection rule, and marks which differences are within seed noise: per
+column the best mean is in bold, and ``≈`` marks each method whose mean is within one standard
+deviation of it (best − mean ≤ the larger of the two sample stds over seeds).
 """
 
 from __future__ import annotations
@@ -27,8 +29,15 @@ SELECTION_RULE = ("model selection: the epoch (linear CCA: the ridge) with the b
 TABLE_COLUMNS = (
     ("a2v_map", "A→V mAP"), ("v2a_map", "V→A mAP"), ("mean_map", "mean mAP"),
     ("cca_a2v_map", "A→V mAP +CCA"), ("cca_v2a_map", "V→A mAP +CCA"), ("cca_mean_map", "mean mAP +CCA"),
+    ("drop30_mean_map", "mean mAP, 30 % s dropped"), ("drop50_mean_map", "mean mAP, 50 % s dropped"),
+    ("drop30_cca_mean_map", "+CCA, 30 % s dropped"), ("drop50_cca_mean_map", "+CCA, 50 % s dropped"),
     ("mean_p@1", "P@1"), ("mean_p@5", "P@5"), ("mean_p@10", "P@10"),
 )
+BEST, WITHIN_NOISE = "best", "within_std"
+NOISE_LEGEND = ("**bold**: best mean in the column; ≈: within one standard deviation of the best "
+                "(best − mean ≤ the larger of the two sample stds over seeds), i.e. not told apart from it by "
+                "these seeds; with one seed only exact ties are marked. \"30 % s dropped\": each test clip re-embedded "
+                "with 30 % of its valid seconds turned off, per modality (at least one kept)")
 
 
 def describe_weights(meta: Mapping[str, Any]) -> str:
@@ -67,26 +76,50 @@ def header_lines(info: Mapping[str, Any]) -> list[str]:
             SELECTION_RULE]
 
 
-def _cell(stats: Mapping[str, float] | None) -> str:
+def noise_marks(summary: Mapping[str, Mapping[str, Mapping[str, float]]], metric: str) -> dict[str, str]:
+    """``{method: "best" | "within_std" | ""}`` for one metric (higher is better; methods without it omitted).
+
+    ``within_std``: best mean − the method's mean ≤ max(std of the best, std of the method).
+    Several methods sharing the best mean are all ``best``.
+    """
+    stats = {m: s[metric] for m, s in summary.items() if metric in s}
+    if not stats:
+        return {}
+    top = max(v["mean"] for v in stats.values())
+    leader = max(stats.values(), key=lambda v: (v["mean"], -v["std"]))
+    marks = {}
+    for method, v in stats.items():
+        gap = top - v["mean"]
+        marks[method] = BEST if gap == 0 else WITHIN_NOISE if gap <= max(leader["std"], v["std"]) else ""
+    return marks
+
+
+def _cell(stats: Mapping[str, float] | None, mark: str = "") -> str:
     if stats is None:
         return "—"
-    return f"{stats['mean']:.3f}" + (f" ± {stats['std']:.3f}" if stats["n"] > 1 else "")
+    text = f"{stats['mean']:.3f}" + (f" ± {stats['std']:.3f}" if stats["n"] > 1 else "")
+    return f"**{text}**" if mark == BEST else f"{text} ≈" if mark == WITHIN_NOISE else text
 
 
 def markdown_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]], info: Mapping[str, Any]) -> str:
-    """The results table with its header; P@k is the mean of the a2v and v2a values."""
+    """The results table with its header and noise legend; P@k is the mean of the a2v and v2a values."""
+    marks = {key: noise_marks(summary, key) for key, _ in TABLE_COLUMNS}
     lines = [f"> {line}  " for line in header_lines(info)]
     lines += ["", "| method | " + " | ".join(title for _, title in TABLE_COLUMNS) + " |",
               "|---|" + "---:|" * len(TABLE_COLUMNS)]
     for method, stats in summary.items():
-        lines.append(f"| {method} | " + " | ".join(_cell(stats.get(key)) for key, _ in TABLE_COLUMNS) + " |")
+        cells = (_cell(stats.get(key), marks[key].get(method, "")) for key, _ in TABLE_COLUMNS)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", NOISE_LEGEND]
     return "\n".join(lines) + "\n"
 
 
 def write_csv(path: Path, summary: Mapping[str, Mapping[str, Mapping[str, float]]], info: Mapping[str, Any]) -> None:
     """One row per method: every metric's mean and std, plus the data, weights and seed columns."""
     names = sorted({name for stats in summary.values() for name in stats})
-    fields = ["method", *(f"{n}_{part}" for n in names for part in ("mean", "std")), "seeds", "dataset",
+    marks = {key: noise_marks(summary, key) for key, _ in TABLE_COLUMNS}
+    fields = ["method", *(f"{n}_{part}" for n in names for part in ("mean", "std")),
+              *(f"{key}_mark" for key in marks), "seeds", "dataset",
               *(f"{s}_clips" for s in SPLITS), "weights", "random_weights"]
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
@@ -97,6 +130,7 @@ def write_csv(path: Path, summary: Mapping[str, Mapping[str, Mapping[str, float]
             row.update({f"{s}_clips": n for s, n in info["clips"].items()})
             for name, value in stats.items():
                 row[f"{name}_mean"], row[f"{name}_std"] = value["mean"], value["std"]
+            row.update({f"{key}_mark": by_method.get(method, "") for key, by_method in marks.items()})
             writer.writerow(row)
 
 

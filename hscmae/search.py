@@ -10,8 +10,8 @@ Exact search is chunked over the gallery: a chunk of ``c`` gallery clips against
 about ``(BYTES_PER_PAIR * Q + 8 * L) * c`` bytes (float64 scores and selection bookkeeping, the chunk's
 unit vectors in float64), and ``c`` keeps that under ``max_chunk_bytes`` (64 MiB by default); the index
 itself holds the raw float32 vectors (``N * L * 4`` bytes per modality).
-Scores are cosines in float64 rounded to multiples of :data:`hscmae.metrics.SCORE_GRID`, exactly as the
-evaluation scores them, so numerically equal cosines are exact ties. Ties are broken by gallery row:
+Scores are cosines in float64 rounded to multiples of :data:`SCORE_GRID` (2^-36), so cosines that are
+equal up to floating-point error (a scaled copy of a clip, say) are exact ties. Ties are broken by gallery row:
 among equal scores the clip that comes first in the index (shards sorted by name, rows in file order)
 ranks first, so results never depend on chunk sizes.
 
@@ -36,6 +36,7 @@ from pipeline.errors import UserError, add_debug_argument, named_errors, require
 DIRECTIONS = {"a2v": ("audio", "visual"), "v2a": ("visual", "audio")}  # direction -> (query, gallery) modality
 BYTES_PER_PAIR = 24
 DEFAULT_CHUNK_BYTES = 64 * 2**20
+SCORE_GRID = 2.0**-36  # cosines are rounded to this grid, so near-equal ones tie exactly
 
 
 @dataclass
@@ -44,13 +45,6 @@ class SearchResult:
 
     index: np.ndarray
     score: np.ndarray
-
-
-def score_grid() -> float:
-    """The grid cosines are rounded to (the evaluation's, :data:`hscmae.metrics.SCORE_GRID`)."""
-    from hscmae.metrics import SCORE_GRID
-
-    return SCORE_GRID
 
 
 def unit_rows(x: np.ndarray, name: str) -> np.ndarray:
@@ -147,13 +141,12 @@ class Index:
             return self._search_faiss(queries, k, DIRECTIONS[direction][1])
         if backend != "exact":
             raise ValueError(f"backend must be 'exact' or 'faiss', got {backend!r}")
-        grid = score_grid()
         step = max(k, max_chunk_bytes // (BYTES_PER_PAIR * len(queries) + 8 * gallery.shape[1]))
         best_index = np.empty((len(queries), 0), dtype=np.int64)
         best_score = np.empty((len(queries), 0))
         for start in range(0, len(gallery), step):
             chunk = unit_rows(gallery[start:start + step], "gallery")
-            score = np.round(queries @ chunk.T / grid) * grid
+            score = np.round(queries @ chunk.T / SCORE_GRID) * SCORE_GRID
             cols = np.broadcast_to(np.arange(start, start + len(chunk)), score.shape)
             found = select_top(score, cols, min(k, len(chunk)))
             merged_index = np.concatenate([best_index, found[0]], axis=1)

@@ -1,15 +1,20 @@
-"""The built-in feature set: generated per-second audio and visual features with known structure.
+"""The built-in feature set: weakly paired, non-linear per-second audio and visual features.
 
-Each class has a random signature ``[signal_dim]``; a clip's signature is its class's plus a
-clip-level deviation, shared by both modalities (so a clip's own pair is its best match). The
-event fills a random run of seconds; the other seconds hold noise only. The signature reaches
-audio (``[T, 128]``) and visual (``[T, 2048]``) features through two different random
-projections, plus Gaussian noise. Two kinds of difficulty are planted:
+A clip has a semantic code (its class's *mode* plus a clip-level deviation, shared by both
+modalities) that is active during a run of seconds; every other second shows background
+content of its own modality. Each modality turns its per-second latent into features through
+its own random two-layer network (audio: ``tanh``, visual: ``relu``), whose input also holds a
+per-clip nuisance code of that modality only (recording channel, camera), so semantics and
+nuisance are entangled non-linearly. Planted on top (see ``docs/protocol.md`` for why):
 
-- two events: in ``two_event_fraction`` of the clips a second class's signature is mixed into
-  a run of seconds of both modalities (at ``second_event_weight``);
-- spurious co-occurrence: in ``spurious_fraction`` of the clips the audio carries another
-  class's signature while the visual and the label keep the clip's own class.
+- several modes per class: a class sounds and looks several ways, so class regions are not
+  one blob and a class centroid is a poor (linear) summary;
+- two events: in ``two_event_fraction`` of the clips a second class is active in both
+  modalities on its own run of seconds (at ``second_event_weight``);
+- spurious co-occurrence: every class has a fixed partner class; in ``spurious_fraction`` of
+  the clips the picture shows the partner's content on a run of seconds (silent in the audio);
+- missing seconds: in ``missing_fraction`` of the clips each modality's track ends early,
+  independently (valid lengths from ``min_valid_seconds`` to ``seconds``).
 
 No network is involved, so the shard metadata names the extractor ``synthetic`` with weights
 ``none``: these numbers say nothing about real data. Everything is seeded and deterministic.
@@ -25,41 +30,54 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.shards import SPLITS, ClipFeatures, write_shard
+from pipeline.shards import MODALITIES, SPLITS, ClipFeatures, write_shard
 from pipeline.splits import carve_val, stratified_holdout
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 EXTRACTOR = "synthetic"
 NO_WEIGHTS = "none"
 DATASET = "synthetic"
+ACTIVATIONS = {"audio": np.tanh, "visual": lambda x: np.maximum(x, 0.0)}
 
 
 @dataclass
 class SyntheticConfig:
-    """Size and structure of the generated feature set (defaults: the demo, ~2,000 clips of 10 s)."""
+    """Size and structure of the generated feature set (defaults: 3,000 clips of 10 s, 450 val, 450 test)."""
 
-    clips: int = 2000
+    clips: int = 3000
     classes: int = 10
     seconds: int = 10
     audio_dim: int = 128
-    visual_dim: int = 2048
+    visual_dim: int = 1024
     signal_dim: int = 16
-    clip_spread: float = 0.6
-    noise: float = 1.5
+    modes: int = 3
+    clip_spread: float = 0.5
+    second_jitter: float = 0.3
+    nuisance_dim: int = 8
+    nuisance: float = 1.0
+    hidden: int = 128
+    gain: float = 1.5
+    noise: float = 0.3
     min_event_seconds: int = 3
     two_event_fraction: float = 0.2
     second_event_weight: float = 0.7
-    spurious_fraction: float = 0.1
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
+    spurious_fraction: float = 0.15
+    missing_fraction: float = 0.3
+    min_valid_seconds: int = 4
+    test_fraction: float = 0.15
+    val_fraction: float = 0.15
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.classes < 2 or self.clips < 4 * self.classes:
             raise ValueError(f"need >= 2 classes and >= 4 clips per class, got {self.classes} classes, {self.clips} clips")
-        if not 1 <= self.min_event_seconds <= self.seconds:
-            raise ValueError(f"min_event_seconds must be in [1, seconds={self.seconds}], got {self.min_event_seconds}")
-        for name in ("two_event_fraction", "spurious_fraction", "val_fraction"):
+        for name in ("min_event_seconds", "min_valid_seconds"):
+            if not 1 <= getattr(self, name) <= self.seconds:
+                raise ValueError(f"{name} must be in [1, seconds={self.seconds}], got {getattr(self, name)}")
+        for name in ("modes", "signal_dim", "hidden", "audio_dim", "visual_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("two_event_fraction", "spurious_fraction", "missing_fraction", "val_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 < self.test_fraction < 1.0 or self.test_fraction + self.val_fraction >= 1.0:
@@ -78,17 +96,24 @@ class SyntheticConfig:
 class SyntheticClips:
     """Generated clips and their planted structure.
 
-    ``audio: [N, T, Da]``, ``visual: [N, T, Dv]`` float32; ``label``, ``audio_class``,
-    ``second_class`` (-1 when the clip has one event): ``[N]`` int64; ``split``: ``[N]`` names.
+    ``audio: [N, T, Da]``, ``visual: [N, T, Dv]`` float32, zero after each track's end;
+    ``audio_valid``, ``visual_valid``: ``[N, T]`` bool (a prefix of each row); ``label``,
+    ``mode``, ``second_class`` (-1: one event), ``distractor`` (partner class shown in the
+    visual, -1: none): ``[N]`` int64; ``partner``: ``[classes]``; ``audio_nuisance``: ``[N, nuisance_dim]``;
+    ``split``: ``[N]`` names.
     """
 
     audio: np.ndarray
     visual: np.ndarray
+    audio_valid: np.ndarray
+    visual_valid: np.ndarray
     label: np.ndarray
-    audio_class: np.ndarray
+    mode: np.ndarray
     second_class: np.ndarray
+    distractor: np.ndarray
+    partner: np.ndarray
+    audio_nuisance: np.ndarray
     split: np.ndarray
-    signatures: np.ndarray
 
 
 def _other_class(rng: np.random.Generator, label: np.ndarray, classes: int) -> np.ndarray:
@@ -96,50 +121,76 @@ def _other_class(rng: np.random.Generator, label: np.ndarray, classes: int) -> n
     return (label + rng.integers(1, classes, size=len(label))) % classes
 
 
-def _event_runs(rng: np.random.Generator, n: int, seconds: int, shortest: int) -> np.ndarray:
-    """``[n, seconds]`` float mask: 1 on a random contiguous run of at least ``shortest`` seconds."""
+def _runs(rng: np.random.Generator, n: int, seconds: int, shortest: int) -> np.ndarray:
+    """``[n, seconds]`` bool: True on a random contiguous run of at least ``shortest`` seconds."""
     length = rng.integers(shortest, seconds + 1, size=n)
     start = rng.integers(0, seconds - length + 1)
     t = np.arange(seconds)
-    return ((t >= start[:, None]) & (t < (start + length)[:, None])).astype(np.float32)
+    return (t >= start[:, None]) & (t < (start + length)[:, None])
+
+
+def _pick(rng: np.random.Generator, n: int, fraction: float) -> np.ndarray:
+    """``[n]`` bool: exactly ``round(fraction * n)`` entries True, at random."""
+    chosen = np.zeros(n, dtype=bool)
+    chosen[rng.permutation(n)[: round(fraction * n)]] = True
+    return chosen
+
+
+def _network(rng: np.random.Generator, c: SyntheticConfig, out_dim: int) -> tuple[np.ndarray, ...]:
+    """Weights of one modality's generator ``[signal + nuisance] -> hidden -> out_dim``."""
+    fan_in = c.signal_dim + c.nuisance_dim
+    return (c.gain * rng.normal(size=(fan_in, c.hidden)) / np.sqrt(fan_in), rng.normal(size=c.hidden),
+            rng.normal(size=(c.hidden, out_dim)) / np.sqrt(c.hidden))
 
 
 def generate(config: SyntheticConfig) -> SyntheticClips:
     """Generate the clips of ``config`` (deterministic in ``config.seed``)."""
     c = config
     rng = np.random.default_rng(c.seed)
-    signatures = rng.normal(size=(c.classes, c.signal_dim))
-    proj = {"audio": rng.normal(size=(c.signal_dim, c.audio_dim)) / np.sqrt(c.signal_dim),
-            "visual": rng.normal(size=(c.signal_dim, c.visual_dim)) / np.sqrt(c.signal_dim)}
-    label = rng.permutation(np.arange(c.clips) % c.classes)
-    deviation = c.clip_spread * rng.normal(size=(c.clips, c.signal_dim))
+    n, t = c.clips, c.seconds
+    centres = rng.normal(size=(c.classes, c.modes, c.signal_dim))  # each class: several modes
+    partner = (np.arange(c.classes) + rng.integers(1, c.classes)) % c.classes  # fixed co-occurring class
+    networks = {m: _network(rng, c, dim) for m, dim in (("audio", c.audio_dim), ("visual", c.visual_dim))}
 
-    audio_class = label.copy()
-    spurious = rng.permutation(c.clips)[: round(c.spurious_fraction * c.clips)]
-    audio_class[spurious] = _other_class(rng, label[spurious], c.classes)
-    second_class = np.full(c.clips, -1)
-    two = rng.permutation(c.clips)[: round(c.two_event_fraction * c.clips)]
-    second_class[two] = _other_class(rng, label[two], c.classes)
+    label = rng.permutation(np.arange(n) % c.classes)
+    mode = rng.integers(0, c.modes, size=n)
+    semantic = centres[label, mode] + c.clip_spread * rng.normal(size=(n, c.signal_dim))  # shared by both
 
-    main_run = _event_runs(rng, c.clips, c.seconds, c.min_event_seconds)
-    second_run = _event_runs(rng, c.clips, c.seconds, 1) * (second_class >= 0)[:, None] * c.second_event_weight
-    second_sig = signatures[np.maximum(second_class, 0)]
+    two = _pick(rng, n, c.two_event_fraction)
+    second_class = np.where(two, _other_class(rng, label, c.classes), -1)
+    second = centres[np.maximum(second_class, 0), rng.integers(0, c.modes, size=n)]
+    spurious = _pick(rng, n, c.spurious_fraction)
+    distractor = np.where(spurious, partner[label], -1)
+    shown = centres[partner[label], rng.integers(0, c.modes, size=n)]
 
-    def latent(own_class: np.ndarray) -> np.ndarray:
-        # [N, T, signal_dim]: own event on its run, second event on its run
-        own = signatures[own_class] + deviation
-        return main_run[:, :, None] * own[:, None, :] + second_run[:, :, None] * second_sig[:, None, :]
+    main_run = _runs(rng, n, t, c.min_event_seconds)
+    second_run = _runs(rng, n, t, 1) & two[:, None]
+    distractor_run = _runs(rng, n, t, 1) & spurious[:, None]
 
-    features = {}
-    for name, own_class in (("audio", audio_class), ("visual", label)):
-        signal = latent(own_class) @ proj[name]
-        features[name] = (signal + c.noise * rng.normal(size=signal.shape)).astype(np.float32)
+    features, valid, nuisance = {}, {}, {}
+    for m in MODALITIES:
+        # [N, T, signal]: background content of this modality, the events on their runs
+        z = rng.normal(size=(n, t, c.signal_dim))
+        z[main_run] = semantic[:, None, :].repeat(t, axis=1)[main_run]
+        z += c.second_jitter * rng.normal(size=z.shape) * main_run[:, :, None]
+        if m == "visual":  # the partner's content takes over its seconds of the picture
+            z[distractor_run] = shown[:, None, :].repeat(t, axis=1)[distractor_run]
+        z += c.second_event_weight * second_run[:, :, None] * second[:, None, :]
+        nuisance[m] = c.nuisance * rng.normal(size=(n, c.nuisance_dim))
+        inputs = np.concatenate([z, nuisance[m][:, None, :].repeat(t, axis=1)], axis=2).astype(np.float32)
+        w1, b1, w2 = (w.astype(np.float32) for w in networks[m])
+        x = ACTIVATIONS[m](inputs @ w1 + b1) @ w2
+        x += c.noise * rng.standard_normal(size=x.shape, dtype=np.float32)
+        ends = np.where(_pick(rng, n, c.missing_fraction), rng.integers(c.min_valid_seconds, t + 1, size=n), t)
+        valid[m] = np.arange(t)[None, :] < ends[:, None]
+        features[m] = np.where(valid[m][:, :, None], x, 0.0).astype(np.float32)
 
     split = np.where(stratified_holdout(label, c.test_fraction, c.seed), "test", "train").astype(object)
     if c.val_fraction > 0:
         split = carve_val(split, label, c.val_fraction / (1.0 - c.test_fraction), c.seed)
-    return SyntheticClips(audio=features["audio"], visual=features["visual"], label=label,
-                          audio_class=audio_class, second_class=second_class, split=split, signatures=signatures)
+    return SyntheticClips(audio=features["audio"], visual=features["visual"], audio_valid=valid["audio"],
+                          visual_valid=valid["visual"], label=label, mode=mode, second_class=second_class,
+                          distractor=distractor, partner=partner, audio_nuisance=nuisance["audio"], split=split)
 
 
 def shard_meta(config: SyntheticConfig) -> dict:
@@ -157,7 +208,8 @@ def is_synthetic(meta: dict) -> bool:
 def write_synthetic(config: SyntheticConfig, root: str | Path) -> Path:
     """Write the shards of ``config`` under ``root/synthetic-<digest>/`` (one per split) and return that folder.
 
-    A folder that already holds every shard is reused as is.
+    Each clip's tracks are written up to their valid length. A folder that already holds every
+    shard is reused as is.
     """
     folder = Path(root) / f"synthetic-{config.digest()}"
     clips = None
@@ -171,7 +223,8 @@ def write_synthetic(config: SyntheticConfig, root: str | Path) -> Path:
         rows = np.flatnonzero(clips.split == split)
         write_shard(path, [
             ClipFeatures(clip_id=f"syn-{i:06d}", label=f"class_{clips.label[i]:02d}", label_id=int(clips.label[i]),
-                         split=split, audio=clips.audio[i], visual=clips.visual[i])
+                         split=split, audio=clips.audio[i, clips.audio_valid[i]],
+                         visual=clips.visual[i, clips.visual_valid[i]])
             for i in rows
         ], shard_meta(config))
     return folder

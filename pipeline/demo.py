@@ -49,8 +49,8 @@ class DemoConfig:
     seed: int = 0
     two_event_fraction: float = 0.15
     spurious_fraction: float = 0.15
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
+    test_fraction: float = 0.33  # 180 clips: 80 train, 40 val, 60 test (val large enough to select on)
+    val_fraction: float = 0.22
 
 
 def write_video(

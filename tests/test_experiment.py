@@ -14,13 +14,16 @@ from safetensors.numpy import load_file
 
 from hscmae.cca import LinearCCA, fit_cca
 from hscmae.checkpoint import load_module
+from hscmae.evaluate import drop_seconds
 from hscmae.experiment import ExperimentConfig, prepare, run_experiment, run_one
 from hscmae.metrics import mean_average_precision
 from hscmae.model import HSCMAE
 from hscmae.synthetic import SyntheticConfig
 from hscmae.train import embed
 
-TINY = SyntheticConfig(clips=640, classes=4, seconds=4, audio_dim=16, visual_dim=32, signal_dim=4, val_fraction=0.0)
+TINY = SyntheticConfig(clips=640, classes=4, seconds=4, audio_dim=16, visual_dim=32, signal_dim=4, test_fraction=0.2,
+                       modes=1, nuisance_dim=2, hidden=32,
+                       val_fraction=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +130,18 @@ def test_missing_split_is_a_clear_error(tmp_path):
     data_dir = prepare(config).info["source"]
     with pytest.raises(ValueError, match=r"no clips in split\(s\) \['test'\]"):
         prepare(dataclasses.replace(config, shards=str(Path(data_dir) / "train.parquet")))
+
+
+def test_every_row_has_partial_observation_columns(run):
+    _, run_dir, metrics, data = run
+    labels = data.test.label_id
+    for entry in metrics["runs"]:
+        for drop in ("drop30", "drop50"):
+            assert {f"{drop}_a2v_map", f"{drop}_v2a_map", f"{drop}_mean_map"} <= entry["metrics"].keys()
+        if entry["method"] == "linear-cca":  # recomputed: the CCA of the pooled valid seconds left
+            cca = LinearCCA.load(entry["checkpoint"])
+            audio, visual = drop_seconds(data.test, 0.5).pooled()
+            a, v = cca.transform_x(audio) * cca.correlations, cca.transform_y(visual) * cca.correlations
+            assert entry["metrics"]["drop50_a2v_map"] == pytest.approx(mean_average_precision(a, v, labels, labels),
+                                                                       abs=1e-9)
+    assert "mean mAP, 50 % s dropped" in (run_dir / "results.md").read_text()

@@ -91,7 +91,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo set's manifest, plus a row whose file is missing and one whose file is not a video."""
     folder = tmp_path_factory.mktemp("demo")
-    write_demo(folder, CLIPS, config=DemoConfig(seconds=SECONDS), workers=1)
+    # the earlier demo split (here 40 train, 20 test): enough training clips for a 32-d post-hoc CCA
+    write_demo(folder, CLIPS, config=DemoConfig(seconds=SECONDS, test_fraction=0.2, val_fraction=0.1), workers=1)
     frame = build_folder_manifest(folder / LABELS_FILE, dataset="demo", times="event",
                                   splitting=SplitConfig(val_fraction=0.0)).frame
     (folder / "corrupt.mp4").write_bytes(b"not a video")

@@ -155,3 +155,21 @@ def test_bad_inputs_raise_clear_errors():
         mean_average_precision(q, g, ql.astype(float), gl)
     with pytest.raises(ValueError, match="every k"):
         precision_at_k(q, g, ql, gl, ks=(1, 1000))
+
+
+@pytest.mark.parametrize("seed", [12, 13])
+def test_precision_at_k_breaks_ties_by_gallery_order(seed):
+    q, g, ql, gl, scores = codebook_case(seed)
+    order = np.argsort(-scores, axis=1, kind="stable")  # ties: earlier gallery item first
+    ours = precision_at_k(q, g, ql, gl, ks=(1, 5, 10, 50))
+    for k in (1, 5, 10, 50):
+        assert ours[k] == pytest.approx(np.mean(gl[order[:, :k]] == ql[:, None]), abs=1e-12)
+
+
+def test_score_level_ap_with_padding_and_empty_rows():
+    scores = np.array([[0.5, 0.5, 0.2, 0.9, 0.1], [0.3, 0.3, 0.3, 0.3, 0.3], [1.0, 0.0, 0.5, 0.5, 0.2]])
+    relevant = np.array([[True, False, False, True, True], [False, True, False, False, False], [False] * 5])
+    ours = average_precision_from_scores(scores, relevant)
+    for i in range(2):
+        assert ours[i] == pytest.approx(average_precision_score(relevant[i], scores[i]), abs=1e-12)
+    assert np.isnan(ours[2])

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 
 from hscmae.embeddings import Embeddings, read_embeddings, write_embeddings
-from hscmae.metrics import SCORE_GRID
-from hscmae.search import Index, faiss_available, main
+from hscmae.search import SCORE_GRID, Index, faiss_available, main
 
 
 def brute_force(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reference: every cosine, rounded to the evaluation's grid, sorted by (score desc, row asc)."""
+    """Reference: every cosine, rounded to the search's grid, sorted by (score desc, row asc)."""
     q, g = np.asarray(queries, dtype=np.float64), np.asarray(gallery, dtype=np.float64)
     q, g = q / np.linalg.norm(q, axis=1, keepdims=True), g / np.linalg.norm(g, axis=1, keepdims=True)
     scores = np.round(q @ g.T / SCORE_GRID) * SCORE_GRID
