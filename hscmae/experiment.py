@@ -8,7 +8,11 @@ linear CCA (baseline and post-hoc) the ridge with the best mean mAP on val; test
 and scored once, on the selected model. The run directory holds ``config.json``,
 ``metrics.json``, ``results.md``, ``results.csv``, ``plots/*.png``, ``log.jsonl`` and
 ``checkpoints/<method>-seed<s>/`` (``best.safetensors`` is the selected model,
-``posthoc_cca.safetensors`` its post-hoc CCA).
+``posthoc_cca.safetensors`` its post-hoc CCA), ``diagnostics.jsonl`` and ``plots/diagnostics.png``.
+
+Every row's ``+CCA`` columns are the same procedure (:func:`hscmae.evaluate.select_cca`: one linear
+CCA, fit on train, ridge chosen on val) applied to that method's representation; for ``linear-cca``
+the representation is the raw pooled features, so its plain and ``+CCA`` columns coincide.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from tqdm.auto import tqdm
 
 from hscmae.cca import LinearCCA
 from hscmae.checkpoint import BEST
-from hscmae.config import methods
+from hscmae import diagnostics
+from hscmae.config import MODEL_PRESETS, MethodConfig, methods
 from hscmae.data import ClipArrays
-from hscmae.evaluate import evaluate, retrieval_score, select_cca
+from hscmae.evaluate import POSTHOC_PREFIX, evaluate, retrieval_score, select_cca
 from hscmae.report import aggregate, data_info, markdown_table, plot_losses, plot_pr_curves, write_csv
 from hscmae.synthetic import SyntheticConfig, write_synthetic
 from hscmae.train import embed, fit
@@ -52,6 +57,10 @@ class ExperimentConfig:
         seeds: one run per method and seed.
         val_fraction, split_seed: val carved from train (stratified) when the data have no val split.
         posthoc_cca: also report metrics after linear CCA fit on the TRAIN embeddings.
+        model_preset: a name from :data:`hscmae.config.MODEL_PRESETS` for every trainable method's
+            encoders; ``"auto"``: ``"demo"`` for the built-in synthetic set, ``"paper"`` otherwise.
+        model: fields of :class:`hscmae.config.ModelConfig` set on top of the preset, for every method.
+        method_configs: per method name, changes to its config (``{"hscmae": {"loss": {"topk": 10}}}``).
         epochs, batch_size: override every trainable method's settings (quick runs); ``None`` keeps theirs.
         runs_root, run_dir: the run goes to ``run_dir``, or ``runs_root/<hash of this config>``.
     """
@@ -64,6 +73,9 @@ class ExperimentConfig:
     val_fraction: float = 0.1
     split_seed: int = 0
     posthoc_cca: bool = True
+    model_preset: str = "auto"
+    model: dict[str, Any] = field(default_factory=dict)
+    method_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     epochs: int | None = None
     batch_size: int | None = None
     runs_root: str = "runs"
@@ -79,6 +91,13 @@ class ExperimentConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
+        if self.model_preset != "auto" and self.model_preset not in MODEL_PRESETS:
+            raise ValueError(f"model_preset {self.model_preset!r} is not 'auto' or one of {sorted(MODEL_PRESETS)}")
+        unknown = sorted(set(self.method_configs) - set(known))
+        if unknown:
+            raise ValueError(f"method_configs: unknown methods {unknown}; known: {sorted(known)}")
+        for name in self.methods:  # every override is checked now, not when the method runs
+            self.method_config(name)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,10 +114,13 @@ class ExperimentConfig:
         return cls(**data)
 
     def method_config(self, name: str) -> MethodConfig:
-        """The resolved config of method ``name`` (with the ``epochs``/``batch_size`` overrides applied)."""
-        method = methods()[name]
+        """The resolved config of method ``name``: model preset and ``model`` fields, then its
+        ``method_configs`` entry, then the ``epochs``/``batch_size`` overrides."""
+        preset = self.model_preset if self.model_preset != "auto" else ("demo" if self.shards is None else "paper")
+        method = methods()[name].updated({"model": {**dataclasses.asdict(MODEL_PRESETS[preset]), **self.model}})
+        method = method.updated(self.method_configs.get(name, {}))
         changes = {k: v for k, v in (("epochs", self.epochs), ("batch_size", self.batch_size)) if v is not None}
-        return dataclasses.replace(method, train=dataclasses.replace(method.train, **changes))
+        return method.updated({"train": changes})
 
     def resolved_run_dir(self) -> Path:
         if self.run_dir is not None:
@@ -175,12 +197,15 @@ def run_one(method_name: str, seed: int, data: PreparedData, run_dir: str | Path
     if method.kind == "closed_form":
         train = data.train.pooled()
         cca, history = select_cca(train, data.val.pooled(), data.val.label_id,
-                                  k=min(method.model.latent, *(x.shape[1] for x in train)))
+                                  k=min(method.cca_dim, *(x.shape[1] for x in train)))
         best_epoch = int(np.argmax([h["val_score"] for h in history]))
         _save_cca(cca, folder / BEST)
         test_a, test_v = data.test.pooled()
         result = evaluate(cca.transform_x(test_a, scale=True), cca.transform_y(test_v, scale=True),
                           data.test.label_id)
+        # its +CCA columns are itself: linear CCA of the raw features, as the other rows' of their embeddings
+        result.metrics.update({POSTHOC_PREFIX + k: v for k, v in list(result.metrics.items())})
+        result.curves.update({POSTHOC_PREFIX + k: v for k, v in list(result.curves.items())})
     else:
         trained = fit(method, data.train, data.val, seed=seed, scorer=retrieval_score, checkpoint_dir=folder,
                       progress=progress)
@@ -226,6 +251,7 @@ def summarise(results: list[MethodResult], data: PreparedData, config: Experimen
         plot_losses(runs, tmp, title)
     with atomic_path(run_dir / "plots" / "pr_curves.png") as tmp:
         plot_pr_curves(runs, tmp, f"test, {title}")
+    diagnostics.write([r for r in runs if r["kind"] == "trainable"], run_dir, title)
     return run_dir
 
 
