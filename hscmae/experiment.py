@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from tqdm.auto import tqdm
 
 from hscmae.cca import LinearCCA
@@ -91,7 +92,9 @@ class ExperimentConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
-        if self.model_preset != "auto" and self.model_preset not in MODEL_PRESETS:
+        if self.model_preset == "auto":  # resolved once, so it survives shards being filled in later
+            self.model_preset = "demo" if self.shards is None else "paper"
+        if self.model_preset not in MODEL_PRESETS:
             raise ValueError(f"model_preset {self.model_preset!r} is not 'auto' or one of {sorted(MODEL_PRESETS)}")
         unknown = sorted(set(self.method_configs) - set(known))
         if unknown:
@@ -110,14 +113,22 @@ class ExperimentConfig:
             raise ValueError(f"experiment config: unknown keys {unknown} (known: {sorted(names)})")
         data = dict(data)
         if isinstance(data.get("synthetic"), dict):
+            known = {f.name for f in dataclasses.fields(SyntheticConfig)}
+            bad = sorted(set(data["synthetic"]) - known)
+            if bad:
+                raise ValueError(f"synthetic config: unknown keys {bad} (known: {sorted(known)})")
             data["synthetic"] = SyntheticConfig(**data["synthetic"])
         return cls(**data)
+
+    def resolved(self) -> dict[str, Any]:
+        """The experiment's fields and every method's resolved config, as written to ``config.json``."""
+        return {"experiment": self.to_dict(), "methods": {m: self.method_config(m).to_dict() for m in self.methods}}
 
     def method_config(self, name: str) -> MethodConfig:
         """The resolved config of method ``name``: model preset and ``model`` fields, then its
         ``method_configs`` entry, then the ``epochs``/``batch_size`` overrides."""
-        preset = self.model_preset if self.model_preset != "auto" else ("demo" if self.shards is None else "paper")
-        method = methods()[name].updated({"model": {**dataclasses.asdict(MODEL_PRESETS[preset]), **self.model}})
+        preset = dataclasses.asdict(MODEL_PRESETS[self.model_preset])
+        method = methods()[name].updated({"model": {**preset, **self.model}})
         method = method.updated(self.method_configs.get(name, {}))
         changes = {k: v for k, v in (("epochs", self.epochs), ("batch_size", self.batch_size)) if v is not None}
         return method.updated({"train": changes})
@@ -127,6 +138,27 @@ class ExperimentConfig:
             return Path(self.run_dir)
         text = json.dumps({k: v for k, v in self.to_dict().items() if k not in ("run_dir", "runs_root")}, sort_keys=True)
         return Path(self.runs_root) / f"run-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> ExperimentConfig:
+    """An :class:`ExperimentConfig` from a JSON or YAML file (optional), with non-``None`` ``overrides`` on top.
+
+    Raises ``ValueError`` starting with the file name for unreadable files, bad YAML/JSON, unknown keys
+    (named) and invalid values.
+    """
+    data: dict[str, Any] = {}
+    where = f"{path}: " if path is not None else ""
+    try:
+        if path is not None:
+            text = Path(path).read_text()
+            loaded = json.loads(text) if Path(path).suffix == ".json" else yaml.safe_load(text)
+            if not isinstance(loaded, dict):
+                raise ValueError(f"an experiment config must be a mapping of settings, got {type(loaded).__name__}")
+            data.update(loaded)
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return ExperimentConfig.from_dict(data)
+    except (OSError, ValueError, TypeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{where}{exc}".replace("\n", " ")) from exc
 
 
 @dataclass
@@ -236,8 +268,7 @@ def summarise(results: list[MethodResult], data: PreparedData, config: Experimen
     runs = [r.to_dict() for r in results]
     summary = aggregate(runs)
     info = data.info
-    resolved = {"experiment": config.to_dict(), "run_dir": str(run_dir),
-                "methods": {m: config.method_config(m).to_dict() for m in config.methods}}
+    resolved = {**config.resolved(), "run_dir": str(run_dir)}
     _write_text(run_dir / "config.json", json.dumps(resolved, indent=1))
     per_run = [{k: v for k, v in r.items() if k != "history"} for r in runs]
     _write_text(run_dir / "metrics.json", json.dumps({"data": info, "aggregate": summary, "runs": per_run}, indent=1))
