@@ -52,7 +52,7 @@ def demo(
     # (threads of one process would share torch's RNG; see flows.train_eval)
     parallel = train_eval.with_options(task_runner=task_runner("dask", workers=2))
     return parallel(ExperimentConfig(shards=str(features.shards), seeds=list(seeds), epochs=epochs,
-                                     runs_root=runs_root))
+                                     runs_root=runs_root, model_preset="demo"))
 
 
 def main(argv: list[str] | None = None) -> TrainEvalOutcome:
