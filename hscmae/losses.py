@@ -61,6 +61,16 @@ def cca_loss(h1: Tensor, h2: Tensor, *, k: int | None, ridge: float) -> Tensor:
     return -corr[: corr.numel() if k is None else k].mean()
 
 
+class CanonicalMap:
+    """``z[m]: [B, L] -> (z[m] - mean[m]) @ matrix[m]: [B, K]``, differentiable in ``z``."""
+
+    def __init__(self, mean: Mapping[str, Tensor], matrix: Mapping[str, Tensor]) -> None:
+        self.mean, self.matrix = dict(mean), dict(matrix)
+
+    def __call__(self, z: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {m: (z[m] - self.mean[m]) @ self.matrix[m] for m in self.mean}
+
+
 @torch.no_grad()
 def teacher_canonical(teacher: Mapping[str, Tensor], *, ridge: float) -> tuple[dict[str, Tensor], CanonicalMap]:
     """The teacher's canonical space on this batch: linear CCA of its latents ``teacher[m]: [B, L]``.
@@ -76,16 +86,6 @@ def teacher_canonical(teacher: Mapping[str, Tensor], *, ridge: float) -> tuple[d
                         {m: torch.as_tensor(proj * fitted.correlations, dtype=audio.dtype, device=audio.device)
                          for m, proj in (("audio", fitted.proj_x), ("visual", fitted.proj_y))})
     return cmap(teacher), cmap
-
-
-class CanonicalMap:
-    """``z[m]: [B, L] -> (z[m] - mean[m]) @ matrix[m]: [B, K]``, differentiable in ``z``."""
-
-    def __init__(self, mean: Mapping[str, Tensor], matrix: Mapping[str, Tensor]) -> None:
-        self.mean, self.matrix = dict(mean), dict(matrix)
-
-    def __call__(self, z: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        return {m: (z[m] - self.mean[m]) @ self.matrix[m] for m in self.mean}
 
 
 def soft_targets(teacher: Mapping[str, Tensor], *, topk: int, temperature: float,

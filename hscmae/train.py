@@ -166,8 +166,9 @@ def _check_finite(values: dict[str, Tensor], *, method: str, epoch: int, step: i
         raise FloatingPointError(f"{method}: {name} is {value} at epoch {epoch}, step {step}; training stopped")
 
 
-def train_one_epoch(run: _Run, data: dict[str, Tensor], *, epoch: int, step: int) -> dict[str, float]:
-    """One shuffled pass; returns the mean of each loss term and of the total."""
+def train_one_epoch(run: _Run, data: dict[str, Tensor], *, epoch: int, step: int) -> dict[str, float | dict]:
+    """One shuffled pass; returns the mean of each loss term and of the total, and ``grad_share``
+    (:func:`hscmae.diagnostics.gradient_shares` of the weighted terms on the epoch's first batch)."""
     cfg, tc = run.method.loss, run.method.train
     total_steps = tc.epochs * run.steps_per_epoch
     learn = cfg.learn_weights and epoch >= cfg.weight_warmup_epochs
@@ -177,6 +178,7 @@ def train_one_epoch(run: _Run, data: dict[str, Tensor], *, epoch: int, step: int
     order = torch.randperm(n, generator=run.generator).to(data["audio"].device)
     size = min(tc.batch_size, n)
     sums: dict[str, float] = {}
+    shares: dict[str, float] = {}
     for i in range(run.steps_per_epoch):
         idx = order[i * size:(i + 1) * size]
         factor = lr_factor(step, warmup_steps=tc.warmup_epochs * run.steps_per_epoch, total_steps=total_steps)
@@ -185,8 +187,9 @@ def train_one_epoch(run: _Run, data: dict[str, Tensor], *, epoch: int, step: int
         terms = step_losses(run, {k: v[idx] for k, v in data.items()})
         total = run.weights(terms, offsets=offsets, learn=learn)
         if i == 0:  # once per epoch, on its first batch
-            weighted = {n: v * (run.weights.weights()[n] if learn else 1.0) for n, v in terms.items()}
-            sums["grad_share"] = diagnostics.gradient_shares(weighted, list(run.student.encoders.parameters()))
+            weight = run.weights.weights()
+            weighted = {name: value * (weight[name] if learn else 1.0) for name, value in terms.items()}
+            shares = diagnostics.gradient_shares(weighted, list(run.student.encoders.parameters()))
         run.optimizer.zero_grad(set_to_none=True)
         total.backward()
         grad_norm = nn.utils.clip_grad_norm_(run.student.parameters(), tc.grad_clip)
@@ -199,7 +202,7 @@ def train_one_epoch(run: _Run, data: dict[str, Tensor], *, epoch: int, step: int
         for name, value in {**terms, "total": total}.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach())
         step += 1
-    return {k: v if isinstance(v, dict) else v / run.steps_per_epoch for k, v in sums.items()}
+    return {**{k: v / run.steps_per_epoch for k, v in sums.items()}, "grad_share": shares}
 
 
 @torch.no_grad()

@@ -119,3 +119,17 @@ def test_positive_purity_hand_computation():
     labels = torch.tensor([0, 0, 1])
     # off-diagonal weight: 0.3 + 0.2 + 0.1 + 0.9 + 0 + 1.0 = 2.5; same class: 0.3 (0->1) + 0.1 (1->0)
     assert diagnostics.positive_purity(targets, labels) == pytest.approx(0.4 / 2.5)
+
+
+def test_teacher_canonical_variates_are_paired_by_the_deep_cca_correlations():
+    rng = np.random.default_rng(3)
+    shared = rng.normal(size=(400, 3))
+    latent = {"audio": torch.tensor(shared @ rng.normal(size=(3, 6)) + 0.5 * rng.normal(size=(400, 6))),
+              "visual": torch.tensor(shared @ rng.normal(size=(3, 5)) + 0.5 * rng.normal(size=(400, 5)))}
+    variates, cmap = losses.teacher_canonical(latent, ridge=1e-9)
+    a, v = variates["audio"].numpy(), variates["visual"].numpy()
+    corr = losses.canonical_correlations(latent["audio"], latent["visual"], ridge=1e-9).numpy()
+    # each variate is scaled by its correlation: var(a_k) = corr_k^2, cov(a_k, v_k) = corr_k^3
+    np.testing.assert_allclose(np.cov(a.T), np.diag(corr ** 2), atol=1e-6)
+    np.testing.assert_allclose(np.diag(np.cov(a.T, v.T)[:5, 5:]), corr ** 3, atol=1e-6)
+    assert torch.allclose(cmap(latent)["visual"], variates["visual"])
