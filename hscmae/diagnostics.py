@@ -118,6 +118,6 @@ def plot(table: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
             if curves:
                 ax.legend(fontsize=6)
     fig.suptitle(f"Diagnostics per epoch (mean over seeds) — {title}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path, format="png", dpi=90)
     plt.close(fig)
