@@ -218,7 +218,7 @@ def epoch_diagnostics(run: _Run, data: dict[str, Tensor], train_sample: ClipArra
     was_training = run.student.training
     run.student.eval()
     clean = run.student.standardize(batch)
-    topk = cfg.topk or 5
+    topk = cfg.topk or 5  # methods without soft positives (topk=0) are still rated at the default k
     figures = {"purity_raw": diagnostics.positive_purity(
         losses.soft_targets(clean, topk=topk, temperature=cfg.teacher_temperature, self_weight=0.0), batch["label"])}
     if run.teacher is not None:
