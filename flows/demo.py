@@ -60,7 +60,7 @@ def demo(
     # (threads of one process would share torch's RNG; see flows.train_eval)
     parallel = train_eval.with_options(task_runner=task_runner("dask", workers=2))
     return parallel(ExperimentConfig(shards=str(features.shards), seeds=list(seeds), epochs=epochs,
-                                     batch_size=batch_size, runs_root=runs_root))
+                                     batch_size=batch_size, runs_root=runs_root, model_preset="demo"))
 
 
 def main(argv: list[str] | None = None) -> TrainEvalOutcome:

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 from prefect import flow, task
@@ -28,7 +26,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.common import (add_runner_arguments, digest, files_digest, key_of, link_dir, link_files, results_dir,
                           runner_from_arguments, short, source_digest, task_runner)
-from hscmae.experiment import ExperimentConfig, MethodResult, PreparedData, prepare, run_one, summarise
+from hscmae.experiment import ExperimentConfig, MethodResult, PreparedData, load_config, prepare, run_one, summarise
 from hscmae.synthetic import SyntheticConfig, write_synthetic
 from pipeline.errors import add_debug_argument, named_errors, user_errors
 from pipeline.inputs import check_train_eval
@@ -145,25 +143,15 @@ def train_eval(config: ExperimentConfig = ExperimentConfig()) -> TrainEvalOutcom
     return TrainEvalOutcome(run_dir=run_dir, table=table, task_states=states)
 
 
-def load_config(path: Path | None, overrides: dict[str, Any]) -> ExperimentConfig:
-    """An ``ExperimentConfig`` from a JSON or YAML file (optional), with command-line overrides on top."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        text = path.read_text()
-        loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: an experiment config must be a mapping of settings, got {type(loaded).__name__}")
-        data.update(loaded)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return ExperimentConfig.from_dict(data)
-
-
 def main(argv: list[str] | None = None) -> TrainEvalOutcome:
     parser = argparse.ArgumentParser(prog="python -m flows.train_eval",
                                      description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--features", type=Path,
                         help="feature shards (a folder or file); default: the built-in synthetic set")
-    parser.add_argument("--config", type=Path, help="experiment config, JSON or YAML (ExperimentConfig fields)")
+    parser.add_argument("--config", type=Path,
+                        help="experiment config, JSON or YAML: ExperimentConfig fields, including model (ModelConfig "
+                             "fields) and method_configs (per method: model/loss/train fields)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     parser.add_argument("--methods", nargs="+", help="methods to run (default: all)")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 1 2)")
     parser.add_argument("--epochs", type=int, help="override every trainable method's epochs")
@@ -177,6 +165,9 @@ def main(argv: list[str] | None = None) -> TrainEvalOutcome:
             config = load_config(args.config, {
                 "shards": str(args.features) if args.features else None, "methods": args.methods, "seeds": args.seeds,
                 "epochs": args.epochs, "runs_root": args.runs_root})
+    if args.print_config:
+        print(yaml.safe_dump(config.resolved(), sort_keys=False), end="")
+        parser.exit(0)
     return train_eval.with_options(task_runner=runner_from_arguments(args))(config)
 
 

@@ -8,7 +8,11 @@ linear CCA (baseline and post-hoc) the ridge with the best mean mAP on val; test
 and scored once, on the selected model. The run directory holds ``config.json``,
 ``metrics.json``, ``results.md``, ``results.csv``, ``plots/*.png``, ``log.jsonl`` and
 ``checkpoints/<method>-seed<s>/`` (``best.safetensors`` is the selected model,
-``posthoc_cca.safetensors`` its post-hoc CCA).
+``posthoc_cca.safetensors`` its post-hoc CCA), ``diagnostics.jsonl`` and ``plots/diagnostics.png``.
+
+Every row's ``+CCA`` columns are the same procedure (:func:`hscmae.evaluate.select_cca`: one linear
+CCA, fit on train, ridge chosen on val) applied to that method's representation; for ``linear-cca``
+the representation is the raw pooled features, so its plain and ``+CCA`` columns coincide.
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from tqdm.auto import tqdm
 
 from hscmae.cca import LinearCCA
 from hscmae.checkpoint import BEST
-from hscmae.config import methods
+from hscmae import diagnostics
+from hscmae.config import MODEL_PRESETS, MethodConfig, methods
 from hscmae.data import ClipArrays
-from hscmae.evaluate import evaluate, evaluate_partial, retrieval_score, select_cca
+from hscmae.evaluate import POSTHOC_PREFIX, evaluate, evaluate_partial, retrieval_score, select_cca
 from hscmae.report import aggregate, data_info, markdown_table, plot_losses, plot_pr_curves, write_csv
 from hscmae.retrieval_page import write_retrieval_page
 from hscmae.synthetic import SyntheticConfig, write_synthetic
@@ -53,6 +59,10 @@ class ExperimentConfig:
         seeds: one run per method and seed.
         val_fraction, split_seed: val carved from train (stratified) when the data have no val split.
         posthoc_cca: also report metrics after linear CCA fit on the TRAIN embeddings.
+        model_preset: a name from :data:`hscmae.config.MODEL_PRESETS` for every trainable method's
+            encoders; ``"auto"``: ``"demo"`` for the built-in synthetic set, ``"paper"`` otherwise.
+        model: fields of :class:`hscmae.config.ModelConfig` set on top of the preset, for every method.
+        method_configs: per method name, changes to its config (``{"hscmae": {"loss": {"topk": 10}}}``).
         epochs, batch_size: override every trainable method's settings (quick runs); ``None`` keeps theirs.
         runs_root, run_dir: the run goes to ``run_dir``, or ``runs_root/<hash of this config>``.
     """
@@ -65,6 +75,9 @@ class ExperimentConfig:
     val_fraction: float = 0.1
     split_seed: int = 0
     posthoc_cca: bool = True
+    model_preset: str = "auto"
+    model: dict[str, Any] = field(default_factory=dict)
+    method_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     epochs: int | None = None
     batch_size: int | None = None
     runs_root: str = "runs"
@@ -80,6 +93,15 @@ class ExperimentConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
+        if self.model_preset == "auto":  # resolved once, so it survives shards being filled in later
+            self.model_preset = "demo" if self.shards is None else "paper"
+        if self.model_preset not in MODEL_PRESETS:
+            raise ValueError(f"model_preset {self.model_preset!r} is not 'auto' or one of {sorted(MODEL_PRESETS)}")
+        unknown = sorted(set(self.method_configs) - set(known))
+        if unknown:
+            raise ValueError(f"method_configs: unknown methods {unknown}; known: {sorted(known)}")
+        for name in self.methods:  # every override is checked now, not when the method runs
+            self.method_config(name)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -92,20 +114,52 @@ class ExperimentConfig:
             raise ValueError(f"experiment config: unknown keys {unknown} (known: {sorted(names)})")
         data = dict(data)
         if isinstance(data.get("synthetic"), dict):
+            known = {f.name for f in dataclasses.fields(SyntheticConfig)}
+            bad = sorted(set(data["synthetic"]) - known)
+            if bad:
+                raise ValueError(f"synthetic config: unknown keys {bad} (known: {sorted(known)})")
             data["synthetic"] = SyntheticConfig(**data["synthetic"])
         return cls(**data)
 
+    def resolved(self) -> dict[str, Any]:
+        """The experiment's fields and every method's resolved config, as written to ``config.json``."""
+        return {"experiment": self.to_dict(), "methods": {m: self.method_config(m).to_dict() for m in self.methods}}
+
     def method_config(self, name: str) -> MethodConfig:
-        """The resolved config of method ``name`` (with the ``epochs``/``batch_size`` overrides applied)."""
-        method = methods()[name]
+        """The resolved config of method ``name``: model preset and ``model`` fields, then its
+        ``method_configs`` entry, then the ``epochs``/``batch_size`` overrides."""
+        preset = dataclasses.asdict(MODEL_PRESETS[self.model_preset])
+        method = methods()[name].updated({"model": {**preset, **self.model}})
+        method = method.updated(self.method_configs.get(name, {}))
         changes = {k: v for k, v in (("epochs", self.epochs), ("batch_size", self.batch_size)) if v is not None}
-        return dataclasses.replace(method, train=dataclasses.replace(method.train, **changes))
+        return method.updated({"train": changes})
 
     def resolved_run_dir(self) -> Path:
         if self.run_dir is not None:
             return Path(self.run_dir)
         text = json.dumps({k: v for k, v in self.to_dict().items() if k not in ("run_dir", "runs_root")}, sort_keys=True)
         return Path(self.runs_root) / f"run-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> ExperimentConfig:
+    """An :class:`ExperimentConfig` from a JSON or YAML file (optional), with non-``None`` ``overrides`` on top.
+
+    Raises ``ValueError`` starting with the file name for unreadable files, bad YAML/JSON, unknown keys
+    (named) and invalid values.
+    """
+    data: dict[str, Any] = {}
+    where = f"{path}: " if path is not None else ""
+    try:
+        if path is not None:
+            text = Path(path).read_text()
+            loaded = json.loads(text) if Path(path).suffix == ".json" else yaml.safe_load(text)
+            if not isinstance(loaded, dict):
+                raise ValueError(f"an experiment config must be a mapping of settings, got {type(loaded).__name__}")
+            data.update(loaded)
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return ExperimentConfig.from_dict(data)
+    except (OSError, ValueError, TypeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{where}{exc}".replace("\n", " ")) from exc
 
 
 @dataclass
@@ -176,7 +230,7 @@ def run_one(method_name: str, seed: int, data: PreparedData, run_dir: str | Path
     if method.kind == "closed_form":
         train = data.train.pooled()
         cca, history = select_cca(train, data.val.pooled(), data.val.label_id,
-                                  k=min(method.model.latent, *(x.shape[1] for x in train)))
+                                  k=min(method.cca_dim, *(x.shape[1] for x in train)))
         best_epoch = int(np.argmax([h["val_score"] for h in history]))
         _save_cca(cca, folder / BEST)
         def embedder(clips: ClipArrays) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +238,12 @@ def run_one(method_name: str, seed: int, data: PreparedData, run_dir: str | Path
             return cca.transform_x(audio, scale=True), cca.transform_y(visual, scale=True)
 
         result = evaluate(*embedder(data.test), data.test.label_id)
-        result.metrics.update(evaluate_partial(embedder, data.test))
+        partial = evaluate_partial(embedder, data.test)
+        # its +CCA columns are itself: linear CCA of the raw features, as the other rows' of their embeddings
+        result.metrics.update({POSTHOC_PREFIX + k: v for k, v in list(result.metrics.items())})
+        result.curves.update({POSTHOC_PREFIX + k: v for k, v in list(result.curves.items())})
+        result.metrics.update(partial)
+        result.metrics.update({k.replace("_", "_" + POSTHOC_PREFIX, 1): v for k, v in partial.items()})
     else:
         trained = fit(method, data.train, data.val, seed=seed, scorer=retrieval_score, checkpoint_dir=folder,
                       progress=progress)
@@ -216,8 +275,7 @@ def summarise(results: list[MethodResult], data: PreparedData, config: Experimen
     runs = [r.to_dict() for r in results]
     summary = aggregate(runs)
     info = data.info
-    resolved = {"experiment": config.to_dict(), "run_dir": str(run_dir),
-                "methods": {m: config.method_config(m).to_dict() for m in config.methods}}
+    resolved = {**config.resolved(), "run_dir": str(run_dir)}
     _write_text(run_dir / "config.json", json.dumps(resolved, indent=1))
     per_run = [{k: v for k, v in r.items() if k != "history"} for r in runs]
     _write_text(run_dir / "metrics.json", json.dumps({"data": info, "aggregate": summary, "runs": per_run}, indent=1))
@@ -231,6 +289,7 @@ def summarise(results: list[MethodResult], data: PreparedData, config: Experimen
         plot_losses(runs, tmp, title)
     with atomic_path(run_dir / "plots" / "pr_curves.png") as tmp:
         plot_pr_curves(runs, tmp, f"test, {title}")
+    diagnostics.write([r for r in runs if r["kind"] == "trainable"], run_dir, title)
     write_retrieval_page(run_dir, results, data, config)  # retrieval.html: queries, top-5 clips, embedding map
     return run_dir
 

@@ -1,17 +1,20 @@
 """HSC-MAE losses at the global, local and sample levels, and their learnable weights.
 
-- Global: deep CCA (Andrew et al. 2013). Minus the sum of the top-k canonical correlations of the
-  two clean-input embeddings, from ridge-regularised covariances in float64. Whitening uses Cholesky
+- Global: deep CCA (Andrew et al. 2013). Minus the *mean* of the top-k canonical correlations of
+  the two clean-input embeddings (in [-1, 0], so on the scale of the other terms whatever the latent
+  size; the authors' code also divides by the output size), from ridge-regularised covariances in
+  float64 (ridge relative to the mean variance, as in :mod:`hscmae.cca`). Whitening uses Cholesky
   factors and the correlations are singular values, whose gradient ``U_k V_k^T`` needs no
   eigenvalue gaps, so rank-deficient batches (fewer rows than dims, repeated rows) stay finite.
 - Local: affinity-weighted multi-positive InfoNCE. Plain symmetric InfoNCE uses a one-hot target:
   the only positive of audio ``i`` is visual ``i`` (and back). Here the EMA teacher's in-batch cosine
-  affinities of the clean clips pick, for each clip, its ``topk`` nearest other clips as extra
+  affinities of the clean clips, in its canonical space (:func:`teacher_canonical`), pick, for each clip, its ``topk`` nearest other clips as extra
   positives, weighted by a softmax at ``teacher_temperature``; the own pair keeps weight
   ``self_weight``; the target row is renormalised to sum to 1. Semantically close clips are thus no
   longer pushed apart as negatives. ``topk=0`` gives back plain InfoNCE exactly.
 - Sample: masked reconstruction, mean squared error on the masked entries (or the full vector).
-- Distillation (optional): ``1 - cosine`` between student and teacher embeddings.
+- Distillation (optional): ``1 - cosine`` between the student's latents and the teacher's canonical
+  variates, both through the teacher's in-batch canonical map.
 - Weights: homoscedastic uncertainty (Kendall et al. 2018), ``sum_i exp(-s_i) L_i + s_i``.
 """
 
@@ -23,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hscmae.cca import fit_cca
+
 
 def _whitened_cross_covariance(h1: Tensor, h2: Tensor, *, ridge: float) -> tuple[Tensor, Tensor, Tensor]:
     """Cholesky factors ``L1, L2`` of the ridge covariances and ``T = L1^-1 S12 L2^-T`` (float64)."""
@@ -30,8 +35,10 @@ def _whitened_cross_covariance(h1: Tensor, h2: Tensor, *, ridge: float) -> tuple
     denom = max(h1.shape[0] - 1, 1)
     h1 = h1 - h1.mean(dim=0)
     h2 = h2 - h2.mean(dim=0)
-    s11 = h1.T @ h1 / denom + ridge * torch.eye(h1.shape[1], dtype=h1.dtype, device=h1.device)
-    s22 = h2.T @ h2 / denom + ridge * torch.eye(h2.shape[1], dtype=h2.dtype, device=h2.device)
+    s11, s22 = h1.T @ h1 / denom, h2.T @ h2 / denom
+    # ridge relative to each side's mean variance, as in hscmae.cca
+    s11 = s11 + ridge * torch.diagonal(s11).mean() * torch.eye(h1.shape[1], dtype=h1.dtype, device=h1.device)
+    s22 = s22 + ridge * torch.diagonal(s22).mean() * torch.eye(h2.shape[1], dtype=h2.dtype, device=h2.device)
     s12 = h1.T @ h2 / denom
     # Any whitening works: T's singular values (the canonical correlations) do not depend on it.
     l1 = torch.linalg.cholesky(s11)
@@ -43,26 +50,42 @@ def _whitened_cross_covariance(h1: Tensor, h2: Tensor, *, ridge: float) -> tuple
 def canonical_correlations(h1: Tensor, h2: Tensor, *, ridge: float) -> Tensor:
     """Canonical correlations of ``h1: [B, L1]`` and ``h2: [B, L2]``, descending, float64 ``[min(L1, L2)]``.
 
-    Covariances are centred, divided by ``B - 1`` and get ``ridge * I`` added.
+    Covariances are centred, divided by ``B - 1`` and get ``ridge * (mean variance) * I`` added.
     """
     return torch.linalg.svdvals(_whitened_cross_covariance(h1, h2, ridge=ridge)[2])
 
 
-@torch.no_grad()
-def canonical_projections(h1: Tensor, h2: Tensor, *, ridge: float) -> tuple[Tensor, Tensor]:
-    """Matrices ``W1: [L1, K]``, ``W2: [L2, K]`` (``K = min(L1, L2)``, float64) mapping centred ``h1, h2``
-    to canonical variates: unit variance, pairwise correlation equal to the canonical correlations."""
-    l1, l2, t = _whitened_cross_covariance(h1, h2, ridge=ridge)
-    u, _, vh = torch.linalg.svd(t, full_matrices=False)
-    w1 = torch.linalg.solve_triangular(l1.T, u, upper=True)
-    w2 = torch.linalg.solve_triangular(l2.T, vh.T, upper=True)
-    return w1, w2
-
-
 def cca_loss(h1: Tensor, h2: Tensor, *, k: int | None, ridge: float) -> Tensor:
-    """Minus the sum of the top-``k`` (``None``: all) canonical correlations; float64 scalar."""
+    """Minus the mean of the top-``k`` (``None``: all) canonical correlations, in ``[-1, 0]``; float64 scalar."""
     corr = canonical_correlations(h1, h2, ridge=ridge)
-    return -corr[: corr.numel() if k is None else k].sum()
+    return -corr[: corr.numel() if k is None else k].mean()
+
+
+class CanonicalMap:
+    """``z[m]: [B, L] -> (z[m] - mean[m]) @ matrix[m]: [B, K]``, differentiable in ``z``."""
+
+    def __init__(self, mean: Mapping[str, Tensor], matrix: Mapping[str, Tensor]) -> None:
+        self.mean, self.matrix = dict(mean), dict(matrix)
+
+    def __call__(self, z: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {m: (z[m] - self.mean[m]) @ self.matrix[m] for m in self.mean}
+
+
+@torch.no_grad()
+def teacher_canonical(teacher: Mapping[str, Tensor], *, ridge: float) -> tuple[dict[str, Tensor], CanonicalMap]:
+    """The teacher's canonical space on this batch: linear CCA of its latents ``teacher[m]: [B, L]``.
+
+    Returns the canonical variates ``[B, K]`` (``K = min(L, B - 1)``, each scaled by its canonical
+    correlation, as in evaluation) and the map that produced them, to apply to student latents.
+    """
+    audio, visual = teacher["audio"], teacher["visual"]
+    k = min(audio.shape[1], visual.shape[1], len(audio) - 1)
+    fitted = fit_cca(audio, visual, k=k, ridge=ridge)
+    cmap = CanonicalMap({m: torch.as_tensor(mean, dtype=audio.dtype, device=audio.device)
+                         for m, mean in (("audio", fitted.mean_x), ("visual", fitted.mean_y))},
+                        {m: torch.as_tensor(proj * fitted.correlations, dtype=audio.dtype, device=audio.device)
+                         for m, proj in (("audio", fitted.proj_x), ("visual", fitted.proj_y))})
+    return cmap(teacher), cmap
 
 
 def soft_targets(teacher: Mapping[str, Tensor], *, topk: int, temperature: float,
@@ -109,7 +132,7 @@ def reconstruction_loss(pred: Tensor, target: Tensor, mask: Tensor | None) -> Te
 
 
 def distill_loss(student: Mapping[str, Tensor], teacher: Mapping[str, Tensor]) -> Tensor:
-    """Mean over modalities and clips of ``1 - cos(student, teacher)``; ``[B, L]`` each."""
+    """Mean over modalities and clips of ``1 - cos(student, teacher)``; ``[B, K]`` each (e.g. both canonical)."""
     terms = [1.0 - F.cosine_similarity(student[m], teacher[m].detach(), dim=1).mean() for m in student]
     return sum(terms) / len(terms)
 
@@ -117,7 +140,7 @@ def distill_loss(student: Mapping[str, Tensor], teacher: Mapping[str, Tensor]) -
 class UncertaintyWeights(nn.Module):
     """Learnable log-variances ``s_i``, one per loss term, combined as ``sum exp(-s_i) (L_i + c_i) + s_i``.
 
-    ``offsets[name] = c_i`` shifts a term that can be negative (deep CCA) to be non-negative, so its
+    ``offsets[name] = c_i`` shifts a term that can be negative (deep CCA, ``c = 1``) to be non-negative, so its
     optimal ``s_i = log(L_i + c_i)`` exists; the shift does not change the term's gradient.
     """
 

@@ -3,12 +3,14 @@
 Inputs are per-clip vectors pooled over seconds, standardised with training-set statistics held in
 buffers (so a saved model embeds raw features on its own). Masking makes the student's view:
 
-- ``"element"`` (default): each entry of a clip's standardised vector is set to 0 (the training
-  mean) with probability ``ratio``. The *masked entries* are exactly those entries.
-- ``"time"``: ``round(ratio * T_i)`` of a clip's valid seconds (at most ``T_i - 1``) are left out of
-  its pooled mean. Dropping seconds changes every entry of the pooled vector, so here the *masked
-  entries* are all ``D`` entries of each clip that lost at least one second (clips with one second
-  lose none and do not count in the masked reconstruction loss).
+- ``"time"`` (default): ``round(ratio * T_i)`` of a clip's valid seconds (at most ``T_i - 1``) are
+  left out of its pooled mean: a real partial observation, as at test time when seconds are missing.
+  Dropping seconds changes every entry of the pooled vector, so here the *masked entries* are all
+  ``D`` entries of each clip that lost at least one second (clips with one second lose none and do
+  not count in the masked reconstruction loss).
+- ``"element"``: each entry of a clip's standardised vector is set to 0 (the training mean) with
+  probability ``ratio`` and the kept entries are scaled by ``1 / (1 - ratio)``, so the input's
+  scale does not change between training and clean inputs. The *masked entries* are those entries.
 
 The decoders reconstruct the clean standardised vector from the latent of the masked view.
 """
@@ -26,11 +28,13 @@ from hscmae.config import ModelConfig
 from pipeline.shards import MODALITIES
 
 
-def mlp(*, d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
-    """``Linear -> LayerNorm -> GELU -> Dropout -> Linear``: ``[B, d_in] -> [B, d_out]``."""
-    return nn.Sequential(
-        nn.Linear(d_in, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_out),
-    )
+def mlp(*, d_in: int, hidden: int, depth: int, d_out: int, dropout: float) -> nn.Sequential:
+    """``depth`` blocks ``Linear -> LayerNorm -> GELU -> Dropout`` of width ``hidden``, then ``Linear``:
+    ``[B, d_in] -> [B, d_out]``."""
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers += [nn.Linear(d_in if i == 0 else hidden, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout)]
+    return nn.Sequential(*layers, nn.Linear(hidden, d_out))
 
 
 @dataclass
@@ -46,7 +50,7 @@ class HSCMAE(nn.Module):
 
     Args:
         in_dims: feature size per modality, e.g. ``{"audio": 128, "visual": 2048}``.
-        config: hidden and latent sizes, dropout.
+        config: hidden width, depth and latent size, dropout.
     """
 
     def __init__(self, *, in_dims: Mapping[str, int], config: ModelConfig) -> None:
@@ -54,11 +58,11 @@ class HSCMAE(nn.Module):
         self.in_dims = {m: int(in_dims[m]) for m in MODALITIES}
         self.config = config
         self.encoders = nn.ModuleDict({
-            m: mlp(d_in=d, hidden=config.hidden, d_out=config.latent, dropout=config.dropout)
+            m: mlp(d_in=d, hidden=config.hidden, depth=config.depth, d_out=config.latent, dropout=config.dropout)
             for m, d in self.in_dims.items()
         })
         self.decoders = nn.ModuleDict({
-            m: mlp(d_in=config.latent, hidden=config.hidden, d_out=d, dropout=config.dropout)
+            m: mlp(d_in=config.latent, hidden=config.hidden, depth=config.depth, d_out=d, dropout=config.dropout)
             for m, d in self.in_dims.items()
         })
         for m, d in self.in_dims.items():
@@ -112,13 +116,13 @@ class HSCMAE(nn.Module):
 
 
 def mask_elements(x: Tensor, *, ratio: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Zero each entry of ``x: [B, D]`` independently with probability ``ratio``.
+    """Zero each entry of ``x: [B, D]`` independently with probability ``ratio``, scale the rest by ``1 / (1 - ratio)``.
 
     Returns the masked view ``[B, D]`` and the mask ``[B, D]`` (True = masked). Noise is drawn on the
     CPU from ``generator`` so runs repeat exactly on any device.
     """
     mask = (torch.rand(x.shape, generator=generator) < ratio).to(x.device)
-    return x.masked_fill(mask, 0.0), mask
+    return x.masked_fill(mask, 0.0) / (1.0 - ratio), mask
 
 
 def mask_seconds(seq: Tensor, valid: Tensor, *, ratio: float,

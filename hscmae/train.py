@@ -4,7 +4,9 @@ One epoch is a shuffled pass in ``N // batch_size`` full batches (the remainder,
 epoch, is left out; a training set smaller than a batch is one batch), so deep CCA never sees a tiny
 batch. After every epoch the student embeds the clean validation clips, ``scorer`` rates them, and the
 best-scoring student is kept. Methods without the local term get a linear-CCA output map fitted on
-the training latents before scoring (see :func:`fit_cca_projection`). Training stops with ``FloatingPointError`` on the first non-finite loss
+the training latents before scoring (see :func:`fit_cca_projection`). Each epoch's history entry
+also holds :mod:`hscmae.diagnostics` figures (gradient shares, soft-positive purity, validation
+canonical correlations). Training stops with ``FloatingPointError`` on the first non-finite loss
 term or gradient norm, naming it and the step.
 """
 
@@ -22,13 +24,15 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from hscmae import losses
+from hscmae import diagnostics, losses
+from hscmae.cca import fit_cca
 from hscmae.checkpoint import BEST, load_checkpoint, load_module, save_checkpoint, save_module
 from hscmae.config import MethodConfig
 from hscmae.data import ClipArrays
 from hscmae.model import HSCMAE, mask_elements, mask_seconds
 from pipeline.shards import MODALITIES
 
+DIAGNOSTIC_CLIPS = 4096  # training clips the validation canonical correlations are fitted on
 Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray], float]
 
 
@@ -86,8 +90,10 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
 
 
 def _tensors(data: ClipArrays, *, time_mode: bool, device: torch.device) -> dict[str, Tensor]:
-    """Pooled raw features ``m: [N, D]``; in time mode also ``m_seq: [N, T, D]`` and ``m_valid: [N, T]``."""
+    """Pooled raw features ``m: [N, D]``, ``label: [N]`` (diagnostics only); in time mode also
+    ``m_seq: [N, T, D]`` and ``m_valid: [N, T]``."""
     out = {m: torch.from_numpy(x).to(device) for m, x in zip(MODALITIES, data.pooled())}
+    out["label"] = torch.from_numpy(np.asarray(data.label_id)).to(device)
     if time_mode:
         for m in MODALITIES:
             out[f"{m}_seq"] = torch.from_numpy(data.features(m)).to(device)
@@ -112,20 +118,26 @@ def _student_view(run: _Run, batch: dict[str, Tensor], clean: dict[str, Tensor])
     return view, mask
 
 
+def teacher_space(run: _Run, clean: dict[str, Tensor]) -> tuple[dict[str, Tensor], losses.CanonicalMap]:
+    """The EMA teacher's CCA path: its latents of the clean standardised batch, mapped by a linear CCA
+    fitted on them into its canonical space (``[B, K]`` per modality), and that map."""
+    with torch.no_grad():
+        latent = {m: run.teacher[m](clean[m]) for m in MODALITIES}
+    return losses.teacher_canonical(latent, ridge=run.method.loss.cca_ridge)
+
+
 def step_losses(run: _Run, batch: dict[str, Tensor]) -> dict[str, Tensor]:
     """Each active loss term on one batch of raw pooled features ``batch[m]: [B, D]``.
 
     Deep CCA sees the student's latents of the clean inputs; the local InfoNCE, reconstruction and
-    distillation terms see the latents of the masked view; the teacher always sees clean inputs.
+    distillation terms see the latents of the masked view; the teacher always sees clean inputs, and
+    its canonical space supplies the soft positives and the distillation targets.
     """
     cfg = run.method.loss
     clean = run.student.standardize(batch)
     view, mask = _student_view(run, batch, clean)
     latent = run.student.forward_encoder(view)
-    teacher = None
-    if run.teacher is not None:
-        with torch.no_grad():
-            teacher = {m: run.teacher[m](clean[m]) for m in MODALITIES}
+    teacher, cmap = teacher_space(run, clean) if run.teacher is not None else (None, None)
     out: dict[str, Tensor] = {}
     if cfg.use_global:
         # Deep CCA on the clean inputs (the student's view is clean already when nothing is masked).
@@ -143,7 +155,7 @@ def step_losses(run: _Run, batch: dict[str, Tensor]) -> dict[str, Tensor]:
                  for m in MODALITIES]
         out["recon"] = sum(terms) / len(terms)
     if cfg.use_distill:
-        out["distill"] = losses.distill_loss(latent, teacher)
+        out["distill"] = losses.distill_loss(cmap(latent), teacher)
     return out
 
 
@@ -154,18 +166,19 @@ def _check_finite(values: dict[str, Tensor], *, method: str, epoch: int, step: i
         raise FloatingPointError(f"{method}: {name} is {value} at epoch {epoch}, step {step}; training stopped")
 
 
-def train_one_epoch(run: _Run, data: dict[str, Tensor], *, epoch: int, step: int) -> dict[str, float]:
-    """One shuffled pass; returns the mean of each loss term and of the total."""
+def train_one_epoch(run: _Run, data: dict[str, Tensor], *, epoch: int, step: int) -> dict[str, float | dict]:
+    """One shuffled pass; returns the mean of each loss term and of the total, and ``grad_share``
+    (:func:`hscmae.diagnostics.gradient_shares` of the weighted terms on the epoch's first batch)."""
     cfg, tc = run.method.loss, run.method.train
     total_steps = tc.epochs * run.steps_per_epoch
     learn = cfg.learn_weights and epoch >= cfg.weight_warmup_epochs
-    latent = run.student.config.latent
-    offsets = {"global": float(min(cfg.cca_k or latent, latent))}  # makes -sum(corr) + k >= 0
+    offsets = {"global": 1.0}  # makes -mean(corr) + 1 >= 0
     run.student.train()
     n = len(data["audio"])
     order = torch.randperm(n, generator=run.generator).to(data["audio"].device)
     size = min(tc.batch_size, n)
     sums: dict[str, float] = {}
+    shares: dict[str, float] = {}
     for i in range(run.steps_per_epoch):
         idx = order[i * size:(i + 1) * size]
         factor = lr_factor(step, warmup_steps=tc.warmup_epochs * run.steps_per_epoch, total_steps=total_steps)
@@ -173,6 +186,10 @@ def train_one_epoch(run: _Run, data: dict[str, Tensor], *, epoch: int, step: int
             group["lr"] = group["base_lr"] * factor
         terms = step_losses(run, {k: v[idx] for k, v in data.items()})
         total = run.weights(terms, offsets=offsets, learn=learn)
+        if i == 0:  # once per epoch, on its first batch
+            weight = run.weights.weights()
+            weighted = {name: value * (weight[name] if learn else 1.0) for name, value in terms.items()}
+            shares = diagnostics.gradient_shares(weighted, list(run.student.encoders.parameters()))
         run.optimizer.zero_grad(set_to_none=True)
         total.backward()
         grad_norm = nn.utils.clip_grad_norm_(run.student.parameters(), tc.grad_clip)
@@ -185,7 +202,34 @@ def train_one_epoch(run: _Run, data: dict[str, Tensor], *, epoch: int, step: int
         for name, value in {**terms, "total": total}.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach())
         step += 1
-    return {k: v / run.steps_per_epoch for k, v in sums.items()}
+    return {**{k: v / run.steps_per_epoch for k, v in sums.items()}, "grad_share": shares}
+
+
+@torch.no_grad()
+def epoch_diagnostics(run: _Run, data: dict[str, Tensor], train_sample: ClipArrays,
+                      val_embedding: tuple[np.ndarray, np.ndarray]) -> dict[str, float | list[float]]:
+    """Soft-positive purity on one training batch (teacher canonical space vs raw-input neighbours)
+    and the validation canonical correlations (CCA fit on ``train_sample``'s latents)."""
+    cfg = run.method.loss
+    g = torch.Generator().manual_seed(0)  # the same clips every epoch; leaves the run's generator alone
+    n = len(data["audio"])
+    idx = torch.randperm(n, generator=g)[:min(run.method.train.batch_size, n)].to(data["audio"].device)
+    batch = {k: v[idx] for k, v in data.items() if k in (*MODALITIES, "label")}
+    was_training = run.student.training
+    run.student.eval()
+    clean = run.student.standardize(batch)
+    topk = cfg.topk or 5  # methods without soft positives (topk=0) are still rated at the default k
+    figures = {"purity_raw": diagnostics.positive_purity(
+        losses.soft_targets(clean, topk=topk, temperature=cfg.teacher_temperature, self_weight=0.0), batch["label"])}
+    if run.teacher is not None:
+        canonical, _ = teacher_space(run, clean)
+        figures["purity_teacher"] = diagnostics.positive_purity(
+            losses.soft_targets(canonical, topk=topk, temperature=cfg.teacher_temperature, self_weight=0.0),
+            batch["label"])
+    run.student.train(was_training)
+    figures["val_canonical_corr"] = diagnostics.validation_correlations(
+        embed(run.student, train_sample), val_embedding, ridge=cfg.cca_ridge)
+    return figures
 
 
 @torch.no_grad()
@@ -194,13 +238,17 @@ def fit_cca_projection(model: HSCMAE, train: ClipArrays, *, ridge: float) -> Non
 
     Without the local (InfoNCE) term nothing ties the two modalities' latent coordinates together:
     deep CCA is blind to any invertible linear map of either side. Its learned latents are
-    compared after linear CCA (Andrew et al. 2013), fitted here on the training clips.
+    compared after linear CCA (Andrew et al. 2013), fitted here on the training clips with
+    :func:`hscmae.cca.fit_cca` (relative ridge, variates scaled by their correlations, as the
+    post-hoc column and the ``linear-cca`` baseline).
     """
     model.set_output_projection(None)
-    audio, visual = (torch.from_numpy(z) for z in embed(model, train))
-    w_audio, w_visual = losses.canonical_projections(audio, visual, ridge=ridge)
-    model.set_output_projection(center={"audio": audio.mean(0), "visual": visual.mean(0)},
-                                matrix={"audio": w_audio.float(), "visual": w_visual.float()})
+    audio, visual = embed(model, train)
+    fitted = fit_cca(audio, visual, k=model.config.latent, ridge=ridge)
+    model.set_output_projection(
+        center={"audio": torch.from_numpy(fitted.mean_x).float(), "visual": torch.from_numpy(fitted.mean_y).float()},
+        matrix={"audio": torch.from_numpy(fitted.proj_x * fitted.correlations).float(),
+                "visual": torch.from_numpy(fitted.proj_y * fitted.correlations).float()})
 
 
 @torch.no_grad()
@@ -255,6 +303,7 @@ def fit(method: MethodConfig, train: ClipArrays, val: ClipArrays, *, seed: int, 
     device = resolve_device(method.train.device)
     run = _build(method, train, seed=seed, device=device)
     data = _tensors(train, time_mode=method.loss.mask_mode == "time", device=device)
+    train_sample = train.subset(np.random.default_rng(0).permutation(len(train))[:DIAGNOSTIC_CLIPS])
     identity = {"method": method.to_dict(), "seed": seed, "train_clips": len(train), "dims": train.dims}
     state = {**identity, "epoch": 0, "step": 0, "history": [], "best_epoch": -1, "best_score": None}
     best_state = None
@@ -272,7 +321,9 @@ def fit(method: MethodConfig, train: ClipArrays, val: ClipArrays, *, seed: int, 
         stats = train_one_epoch(run, data, epoch=epoch, step=state["step"])
         if not method.loss.use_local:
             fit_cca_projection(run.student, train, ridge=method.loss.cca_ridge)
-        score = float(scorer(*embed(run.student, val), val.label_id))
+        val_embedding = embed(run.student, val)
+        score = float(scorer(*val_embedding, val.label_id))
+        stats.update(epoch_diagnostics(run, data, train_sample, val_embedding))
         if not math.isfinite(score):
             raise FloatingPointError(f"{method.name}: scorer returned {score} on val at epoch {epoch}")
         state["step"] += run.steps_per_epoch

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from safetensors.numpy import load_file
 
 from hscmae.cca import LinearCCA, fit_cca
@@ -145,3 +146,43 @@ def test_every_row_has_partial_observation_columns(run):
             assert entry["metrics"]["drop50_a2v_map"] == pytest.approx(mean_average_precision(a, v, labels, labels),
                                                                        abs=1e-9)
     assert "mean mAP, 50 % s dropped" in (run_dir / "results.md").read_text()
+
+
+def test_linear_cca_depends_on_its_own_dimension_not_the_model_latent(run, tmp_path):
+    config, _, metrics, data = run
+    original = next(r for r in metrics["runs"] if r["method"] == "linear-cca" and r["seed"] == 0)
+    wider = dataclasses.replace(config, model={"latent": 5}, method_configs={"hscmae": {"model": {"latent": 3}}})
+    again = run_one("linear-cca", 0, data, tmp_path / "a", config=wider, progress=False)
+    assert again.metrics == original["metrics"]
+    assert load_file(again.checkpoint)["proj_x"].shape[1] == min(config.method_config("linear-cca").cca_dim, 16)
+    smaller = dataclasses.replace(config, method_configs={"linear-cca": {"cca_dim": 2}})
+    two = run_one("linear-cca", 0, data, tmp_path / "b", config=smaller, progress=False)
+    assert load_file(two.checkpoint)["proj_x"].shape[1] == 2
+    # plain and +CCA columns of linear-cca are the same numbers (it is the CCA), so every row's +CCA compares
+    assert two.metrics["cca_mean_map"] == two.metrics["mean_map"]
+
+
+def test_config_file_sets_model_and_method_fields_and_rejects_unknown_keys(tmp_path, capsys):
+    from flows.train_eval import main
+
+    good = tmp_path / "c.yaml"
+    good.write_text("seeds: [4]\nmodel_preset: paper\nmodel: {depth: 3}\n"
+                    "method_configs: {hscmae: {loss: {topk: 9}, train: {lr: 0.01}}, linear-cca: {cca_dim: 8}}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(good), "--print-config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    hscmae = printed["methods"]["hscmae"]
+    assert (hscmae["model"]["hidden"], hscmae["model"]["depth"], hscmae["loss"]["topk"], hscmae["train"]["lr"]) \
+        == (1024, 3, 9, 0.01)
+    assert printed["methods"]["dcca"]["loss"]["topk"] == 5 and printed["methods"]["linear-cca"]["cca_dim"] == 8
+    assert printed["experiment"]["seeds"] == [4]
+    for text, name in (("model: {widht: 3}\n", "widht"), ("method_configs: {hscmae: {loss: {tau: 1}}}\n", "tau"),
+                       ("synthetic: {clipz: 3}\n", "clipz"), ("method_configs: {nope: {}}\n", "nope")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--config", str(bad), "--print-config"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1, err
+        assert err[0].startswith(f"error: {bad}: ") and name in err[0], err

@@ -7,7 +7,7 @@ import pytest
 import scipy.special
 import torch
 
-from hscmae.config import LOSS_TERMS, MethodConfig, ModelConfig, methods
+from hscmae.config import LOSS_TERMS, MODEL_PRESETS, MethodConfig, ModelConfig, methods
 from hscmae.data import ClipArrays
 from hscmae.model import HSCMAE, mask_elements, mask_seconds
 from hscmae.train import embed
@@ -53,11 +53,13 @@ def test_clip_arrays_errors_name_the_clip():
                    visual_valid=arrays.visual_valid, label_id=arrays.label_id, clip_id=arrays.clip_id)
 
 
-def test_mask_elements_zeroes_a_ratio_of_entries_and_keeps_the_rest():
+def test_mask_elements_zeroes_a_ratio_of_entries_and_rescales_the_rest():
     x = torch.arange(1, 20001, dtype=torch.float32).reshape(20, 1000)
     masked, mask = mask_elements(x, ratio=0.3, generator=torch.Generator().manual_seed(0))
     assert abs(float(mask.float().mean()) - 0.3) < 0.01  # 20,000 Bernoulli(0.3) draws: sd 0.0032
-    assert torch.equal(masked[mask], torch.zeros(int(mask.sum()))) and torch.equal(masked[~mask], x[~mask])
+    assert torch.equal(masked[mask], torch.zeros(int(mask.sum())))
+    torch.testing.assert_close(masked[~mask], x[~mask] / 0.7)  # inverted dropout: E[masked] = x
+    assert abs(float(masked.mean() / x.mean()) - 1.0) < 0.02
     _, again = mask_elements(x, ratio=0.3, generator=torch.Generator().manual_seed(0))
     assert torch.equal(mask, again)
     assert not torch.equal(mask[0], mask[1])
@@ -82,7 +84,7 @@ def test_mask_seconds_drops_seconds_from_the_mean():
 
 def _model(dims=None, seed=0) -> HSCMAE:
     torch.manual_seed(seed)
-    return HSCMAE(in_dims=dims or {"audio": 6, "visual": 9}, config=ModelConfig(hidden=16, latent=4, dropout=0.1))
+    return HSCMAE(in_dims=dims or {"audio": 6, "visual": 9}, config=ModelConfig(hidden=16, depth=1, latent=4, dropout=0.1))
 
 
 def test_standardize_uses_training_statistics():
@@ -150,6 +152,24 @@ def test_ablations_each_switch_exactly_one_flag():
     assert registry["cav-mae"].loss.active == ("local", "recon") and not registry["cav-mae"].loss.needs_teacher
     assert registry["linear-cca"].kind == "closed_form"
     assert set(LOSS_TERMS) >= set(registry["hscmae+distill"].loss.active)
+
+
+def test_encoder_width_and_depth_follow_the_config():
+    model = HSCMAE(in_dims={"audio": 6, "visual": 9}, config=ModelConfig(hidden=16, depth=3, latent=4))
+    shapes = [tuple(layer.weight.shape) for layer in model.encoders["visual"] if isinstance(layer, torch.nn.Linear)]
+    assert shapes == [(16, 9), (16, 16), (16, 16), (4, 16)]
+    shapes = [tuple(layer.weight.shape) for layer in model.decoders["audio"] if isinstance(layer, torch.nn.Linear)]
+    assert shapes == [(16, 4), (16, 16), (16, 16), (6, 16)]
+    assert MODEL_PRESETS["paper"].hidden == 1024 and MODEL_PRESETS["demo"].hidden < MODEL_PRESETS["paper"].hidden
+
+
+def test_updated_merges_parts_field_by_field_and_rejects_unknown_keys():
+    base = methods()["hscmae"]
+    changed = base.updated({"model": {"hidden": 64}, "loss": {"topk": 9}, "cca_dim": 7})
+    assert (changed.model.hidden, changed.model.latent, changed.loss.topk, changed.loss.use_global, changed.cca_dim) \
+        == (64, base.model.latent, 9, True, 7)
+    with pytest.raises(ValueError, match=r"hscmae.loss config: unknown keys \['top_k'\]"):
+        base.updated({"loss": {"top_k": 3}})
 
 
 def test_config_errors_name_the_problem():

@@ -49,7 +49,7 @@ def recall_at_1(audio: np.ndarray, visual: np.ndarray, labels: np.ndarray) -> fl
 def _small(name: str, epochs: int = 4, **loss_changes) -> MethodConfig:
     method = methods()[name]
     return dataclasses.replace(
-        method, model=ModelConfig(hidden=32, latent=8, dropout=0.1),
+        method, model=ModelConfig(hidden=32, depth=1, latent=8, dropout=0.1),
         loss=dataclasses.replace(method.loss, weight_warmup_epochs=1, **loss_changes),
         train=TrainConfig(batch_size=64, epochs=epochs, warmup_epochs=1, lr=3e-3, device="cpu"),
     )
