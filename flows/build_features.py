@@ -17,40 +17,68 @@ done exactly when its failures file exists, and it is written after the shard.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
-import threading
-from collections import Counter
-from dataclasses import dataclass, field, replace
-from functools import partial
+import sys
 from pathlib import Path
 
-import pandas as pd
-import pyarrow.parquet as pq
-from filelock import FileLock
-from prefect import flow, task
-from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+from flows.common import DEFAULT_OUT, VISUAL_MODELS, add_runner_arguments
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's flags (light: runs before the heavy imports below, so ``--help`` is instant)."""
+    parser = argparse.ArgumentParser(prog="python -m flows.build_features",
+                                     description=__doc__.splitlines()[0].replace("``", ""))
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--manifest", type=Path, help="manifest Parquet file (default: the demo videos)")
+    source.add_argument("--demo-clips", type=int, default=120, help="demo clips to generate when no manifest is given")
+    parser.add_argument("--demo-seconds", type=float, default=10.0, help="length of each demo clip")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output root")
+    parser.add_argument("--clips-per-shard", type=int, default=16)
+    parser.add_argument("--weights", choices=("published", "random"), default="published",
+                        help="extractor weights: the published files (torch hub cache) or random (flagged as such)")
+    parser.add_argument("--audio-weights", help="VGGish weights file (overrides --weights)")
+    parser.add_argument("--visual-weights", help="visual model weights file (overrides --weights)")
+    parser.add_argument("--visual-model", default="resnet50", choices=VISUAL_MODELS, help="frame extractor")
+    parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
+    parser.add_argument("--root", type=Path, help="folder that relative file sources are relative to")
+    parser.add_argument("--archive", type=Path, help="zip or folder holding archive sources")
+    add_runner_arguments(parser)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":  # --help and argument errors answer before torch, pandas and Prefect load
+    parse_arguments()
+
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import threading  # noqa: E402
+from collections import Counter  # noqa: E402
+from dataclasses import dataclass, field, replace  # noqa: E402
+from functools import partial  # noqa: E402
+
+import pandas as pd  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+from filelock import FileLock  # noqa: E402
+from prefect import flow, task  # noqa: E402
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,  # noqa: E402
                                update_progress_artifact)
-from prefect.futures import as_completed
-from prefect.runtime import task_run
-from prefect.tasks import exponential_backoff
+from prefect.futures import as_completed  # noqa: E402
+from prefect.runtime import task_run  # noqa: E402
+from prefect.tasks import exponential_backoff  # noqa: E402
 
-from extractors.extract import ClipJob, ExtractConfig, Extractors, extract_features
-from flows import PROJECT_ROOT
-from flows.common import (add_runner_arguments, digest, frame_digest, key_of, link_dir, results_dir,
-                          runner_from_arguments, short, source_digest, task_runner)
-from pipeline.acquire import AcquireConfig, acquire, availability_failures, available_sources
-from pipeline.atomic import atomic_path
-from pipeline.demo import LABELS_FILE, DemoConfig, write_demo
-from pipeline.digest import sha256_file
-from pipeline.failures import Failure, failures_frame, read_failures, write_failures
-from pipeline.folder import SplitConfig, build_folder_manifest
-from pipeline.manifest import read_manifest, write_manifest
-from pipeline.media import SegmentConfig, segment_clip
-from pipeline.youtube import TRANSIENT
+from extractors.extract import ClipJob, ExtractConfig, Extractors, extract_features  # noqa: E402
+from flows.common import (digest, frame_digest, key_of, link_dir, results_dir, runner_from_arguments,  # noqa: E402
+                          short, source_digest, task_runner)
+from pipeline.acquire import AcquireConfig, acquire, availability_failures, available_sources  # noqa: E402
+from pipeline.atomic import atomic_path  # noqa: E402
+from pipeline.demo import LABELS_FILE, DemoConfig, write_demo  # noqa: E402
+from pipeline.digest import sha256_file  # noqa: E402
+from pipeline.failures import Failure, failures_frame, read_failures, write_failures  # noqa: E402
+from pipeline.folder import SplitConfig, build_folder_manifest  # noqa: E402
+from pipeline.manifest import read_manifest, write_manifest  # noqa: E402
+from pipeline.media import SegmentConfig, segment_clip  # noqa: E402
+from pipeline.youtube import TRANSIENT  # noqa: E402
 
-DEFAULT_OUT = PROJECT_ROOT / "outputs"
 ACQUIRE_CODE = ("pipeline.acquire", "pipeline.youtube")
 EXTRACT_CODE = ("pipeline.media", "pipeline.decode", "extractors")
 DEMO_CODE = ("pipeline.demo",)
@@ -308,25 +336,7 @@ def weights_config(args: argparse.Namespace) -> ExtractConfig:
 
 
 def main(argv: list[str] | None = None) -> FeatureSetOutcome:
-    parser = argparse.ArgumentParser(prog="python -m flows.build_features",
-                                     description=__doc__.splitlines()[0].replace("``", ""))
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--manifest", type=Path, help="manifest Parquet file (default: the demo videos)")
-    source.add_argument("--demo-clips", type=int, default=120, help="demo clips to generate when no manifest is given")
-    parser.add_argument("--demo-seconds", type=float, default=DemoConfig.seconds, help="length of each demo clip")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output root")
-    parser.add_argument("--clips-per-shard", type=int, default=16)
-    parser.add_argument("--weights", choices=("published", "random"), default="published",
-                        help="extractor weights: the published files (torch hub cache) or random (flagged as such)")
-    parser.add_argument("--audio-weights", help="VGGish weights file (overrides --weights)")
-    parser.add_argument("--visual-weights", help="visual model weights file (overrides --weights)")
-    parser.add_argument("--visual-model", default=ExtractConfig.visual_model,
-                        help="resnet50, resnet152, vit_b16, vit_s16")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--root", type=Path, help="folder that relative file sources are relative to")
-    parser.add_argument("--archive", type=Path, help="zip or folder holding archive sources")
-    add_runner_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parse_arguments(argv)
     run = build_features.with_options(task_runner=runner_from_arguments(args))
     return run(manifest=args.manifest, demo_clips=args.demo_clips, demo=DemoConfig(seconds=args.demo_seconds),
                out=args.out, clips_per_shard=args.clips_per_shard,
@@ -337,4 +347,4 @@ if __name__ == "__main__":
     # run the importable module's copy, so Dask workers can unpickle its tasks by reference
     from flows.build_features import main as module_main
 
-    module_main()
+    module_main(sys.argv[1:])

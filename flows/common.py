@@ -16,18 +16,24 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
-import pandas as pd
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
-from prefect.cache_policies import CacheKeyFnPolicy, CachePolicy
-from prefect.context import TaskRunContext
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
-
+from flows import PROJECT_ROOT
 from pipeline.digest import sha256_file
 
+if TYPE_CHECKING:  # imported where used, so a CLI's --help answers before pandas and Prefect load
+    import pandas as pd
+    from prefect.cache_policies import CachePolicy
+    from prefect.context import TaskRunContext
+    from prefect.task_runners import TaskRunner
+
+DEFAULT_OUT = PROJECT_ROOT / "outputs"
+VISUAL_MODELS = ("resnet50", "resnet152", "vit_b16", "vit_s16")  # extractors.visual's frame extractors
 KEY_LENGTH = 16  # hex characters of a sha256 used in directory names
 RESULTS_DIR = ".prefect-results"  # per-output-root Prefect result and cache records
+FILES_URL_ENV = "HSCMAE_FILES_URL"  # base URL of the local file server (set by `flows.local up`)
+FILES_ROOT_ENV = "HSCMAE_FILES_ROOT"  # the folder it serves
 
 
 def _plain(value: Any) -> Any:
@@ -92,6 +98,7 @@ def short(key: str) -> str:
 
 def key_of(parameter: str) -> CachePolicy:
     """A cache policy whose key is the task's ``parameter``: a key string, or a job with a ``key``."""
+    from prefect.cache_policies import CacheKeyFnPolicy
 
     def cache_key(_: TaskRunContext, inputs: dict[str, Any]) -> str:
         value = inputs[parameter]
@@ -109,16 +116,35 @@ def results_dir(out_root: str | os.PathLike[str]) -> Path:
     return Path(out_root).resolve() / RESULTS_DIR
 
 
+def file_url(path: Path) -> str:
+    """A browser link to ``path``: through the local file server when it serves ``path``, else ``file://``.
+
+    ``python -m flows.local up`` serves the output root read-only over http and tells the worker
+    where (:data:`FILES_URL_ENV`, :data:`FILES_ROOT_ENV`): browsers refuse ``file://`` links from
+    an http page, so links under that root point at the server.
+    """
+    path = Path(path).resolve()
+    base, root = os.environ.get(FILES_URL_ENV), os.environ.get(FILES_ROOT_ENV)
+    if base and root and path.is_relative_to(Path(root).resolve()):
+        relative = path.relative_to(Path(root).resolve()).as_posix()
+        return base.rstrip("/") + "/" + quote(relative) + ("/" if path.is_dir() and relative else "")
+    return path.as_uri()
+
+
 def link_files(paths: Iterable[Path], *, key: str, title: str) -> None:
-    """One Markdown artifact listing ``paths`` as ``file://`` links (plots, tables, logs)."""
+    """One Markdown artifact linking ``paths`` (plots, tables, logs); see :func:`file_url`."""
+    from prefect.artifacts import create_markdown_artifact
+
     lines = [f"## {title}", ""]
-    lines += [f"- [{p.name}]({p.resolve().as_uri()})" for p in paths]
+    lines += [f"- [{p.name}]({file_url(p)})" for p in paths]
     create_markdown_artifact(markdown="\n".join(lines), key=key, description=title)
 
 
 def link_dir(path: Path, *, key: str, text: str) -> None:
-    """A link artifact to a local directory (a run or a feature set)."""
-    create_link_artifact(link=path.resolve().as_uri(), link_text=text, key=key, description=text)
+    """A link artifact to a local directory (a run or a feature set); see :func:`file_url`."""
+    from prefect.artifacts import create_link_artifact
+
+    create_link_artifact(link=file_url(path), link_text=text, key=key, description=text)
 
 
 def add_runner_arguments(parser: argparse.ArgumentParser, *, threads: int = 2) -> None:
@@ -137,6 +163,8 @@ def task_runner(kind: str = "thread", *, address: str | None = None, workers: in
     Dask runs on the scheduler at ``address``, or on a local cluster of ``workers``
     single-threaded worker processes bound to 127.0.0.1 (its dashboard on a free port).
     """
+    from prefect.task_runners import ThreadPoolTaskRunner
+
     if kind == "thread":
         return ThreadPoolTaskRunner(max_workers=threads)
     if kind != "dask":

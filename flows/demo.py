@@ -11,20 +11,41 @@ that the path works end to end, not how well the method does on real data.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from prefect import flow
-
-from extractors.extract import ExtractConfig
-from flows.build_features import DEFAULT_OUT, build_features
-from flows.common import task_runner
-from flows.train_eval import TrainEvalOutcome, train_eval
-from hscmae.experiment import ExperimentConfig
-from pipeline.demo import DemoConfig
+from flows.common import DEFAULT_OUT, VISUAL_MODELS
 
 DEMO_CLIPS = 120
 DEMO_SECONDS = 5.0
 DEMO_SEEDS = [0, 1, 2]
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's flags (light: runs before the heavy imports below, so ``--help`` is instant)."""
+    parser = argparse.ArgumentParser(prog="python -m flows.demo",
+                                     description=__doc__.splitlines()[0].replace("``", ""))
+    parser.add_argument("--clips", type=int, default=DEMO_CLIPS, help="demo clips to generate")
+    parser.add_argument("--seconds", type=float, default=DEMO_SECONDS, help="length of each demo clip")
+    parser.add_argument("--visual-model", default="resnet50", choices=VISUAL_MODELS, help="frame extractor")
+    parser.add_argument("--seeds", nargs="+", type=int, default=DEMO_SEEDS)
+    parser.add_argument("--epochs", type=int, help="override every trainable method's epochs")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output root of build-features")
+    parser.add_argument("--runs-root", default="runs", help="where the run directory goes")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":  # --help and argument errors answer before torch, pandas and Prefect load
+    parse_arguments()
+
+from prefect import flow  # noqa: E402
+
+from extractors.extract import ExtractConfig  # noqa: E402
+from flows.build_features import build_features  # noqa: E402
+from flows.common import task_runner  # noqa: E402
+from flows.train_eval import TrainEvalOutcome, train_eval  # noqa: E402
+from hscmae.experiment import ExperimentConfig  # noqa: E402
+from pipeline.demo import DemoConfig  # noqa: E402
 
 
 @flow(name="demo", log_prints=True)
@@ -56,16 +77,7 @@ def demo(
 
 
 def main(argv: list[str] | None = None) -> TrainEvalOutcome:
-    parser = argparse.ArgumentParser(prog="python -m flows.demo",
-                                     description=__doc__.splitlines()[0].replace("``", ""))
-    parser.add_argument("--clips", type=int, default=DEMO_CLIPS, help="demo clips to generate")
-    parser.add_argument("--seconds", type=float, default=DEMO_SECONDS, help="length of each demo clip")
-    parser.add_argument("--visual-model", default="resnet50", help="resnet50, resnet152, vit_b16, vit_s16")
-    parser.add_argument("--seeds", nargs="+", type=int, default=DEMO_SEEDS)
-    parser.add_argument("--epochs", type=int, help="override every trainable method's epochs")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output root of build-features")
-    parser.add_argument("--runs-root", default="runs", help="where the run directory goes")
-    args = parser.parse_args(argv)
+    args = parse_arguments(argv)
     outcome = demo(
         clips=args.clips, seconds=args.seconds, visual_model=args.visual_model, seeds=args.seeds,
         epochs=args.epochs, out=args.out, runs_root=args.runs_root)
@@ -74,4 +86,4 @@ def main(argv: list[str] | None = None) -> TrainEvalOutcome:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

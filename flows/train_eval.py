@@ -15,22 +15,45 @@ the results table and links to the plots are artifacts of the flow run.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-from dataclasses import dataclass
+import sys
 from pathlib import Path
-from typing import Any
 
-import yaml
-from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
+from flows.common import add_runner_arguments
 
-from flows.common import (add_runner_arguments, digest, files_digest, key_of, link_dir, link_files, results_dir,
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's flags (light: runs before the heavy imports below, so ``--help`` is instant)."""
+    parser = argparse.ArgumentParser(prog="python -m flows.train_eval",
+                                     description=__doc__.splitlines()[0].replace("``", ""))
+    parser.add_argument("--features", type=Path,
+                        help="feature shards (a folder or file); default: the built-in synthetic set")
+    parser.add_argument("--config", type=Path, help="experiment config, JSON or YAML (ExperimentConfig fields)")
+    parser.add_argument("--methods", nargs="+", help="methods to run (default: all)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 1 2)")
+    parser.add_argument("--epochs", type=int, help="override every trainable method's epochs")
+    parser.add_argument("--runs-root", help="where run directories go (default: runs)")
+    add_runner_arguments(parser, threads=1)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":  # --help and argument errors answer before torch, pandas and Prefect load
+    parse_arguments()
+
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
+import yaml  # noqa: E402
+from prefect import flow, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from flows.common import (digest, files_digest, key_of, link_dir, link_files, results_dir,  # noqa: E402
                           runner_from_arguments, short, source_digest, task_runner)
-from hscmae.experiment import ExperimentConfig, MethodResult, PreparedData, prepare, run_one, summarise
-from hscmae.synthetic import SyntheticConfig, write_synthetic
-from pipeline.shards import shard_paths
+from hscmae.experiment import ExperimentConfig, MethodResult, PreparedData, prepare, run_one, summarise  # noqa: E402
+from hscmae.synthetic import SyntheticConfig, write_synthetic  # noqa: E402
+from pipeline.shards import shard_paths  # noqa: E402
 
 TRAIN_CODE = ("hscmae", "pipeline.shards", "pipeline.splits")
 SYNTHETIC_CODE = ("hscmae.synthetic",)
@@ -155,17 +178,7 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> ExperimentConfi
 
 
 def main(argv: list[str] | None = None) -> TrainEvalOutcome:
-    parser = argparse.ArgumentParser(prog="python -m flows.train_eval",
-                                     description=__doc__.splitlines()[0].replace("``", ""))
-    parser.add_argument("--features", type=Path,
-                        help="feature shards (a folder or file); default: the built-in synthetic set")
-    parser.add_argument("--config", type=Path, help="experiment config, JSON or YAML (ExperimentConfig fields)")
-    parser.add_argument("--methods", nargs="+", help="methods to run (default: all)")
-    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 1 2)")
-    parser.add_argument("--epochs", type=int, help="override every trainable method's epochs")
-    parser.add_argument("--runs-root", help="where run directories go (default: runs)")
-    add_runner_arguments(parser, threads=1)
-    args = parser.parse_args(argv)
+    args = parse_arguments(argv)
     config = load_config(args.config, {
         "shards": str(args.features) if args.features else None, "methods": args.methods, "seeds": args.seeds,
         "epochs": args.epochs, "runs_root": args.runs_root})
@@ -176,4 +189,4 @@ if __name__ == "__main__":
     # run the importable module's copy, so Dask workers can unpickle its tasks by reference
     from flows.train_eval import main as module_main
 
-    module_main()
+    module_main(sys.argv[1:])

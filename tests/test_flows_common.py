@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 import json
 from pathlib import Path
 
@@ -96,3 +99,16 @@ def test_load_config_reads_yaml_and_json_with_overrides(tmp_path: Path) -> None:
     (tmp_path / "typo.yaml").write_text("seedz: [1]\n")
     with pytest.raises(ValueError, match="seedz"):
         load_config(tmp_path / "typo.yaml", {})
+
+
+@pytest.mark.parametrize("module", ["flows.train_eval", "flows.build_features", "flows.demo", "flows.local"])
+def test_help_and_bad_arguments_answer_before_heavy_imports(module: str) -> None:
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    for args, code in ((["--help"], 0), (["--no-such-flag"], 2)):
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", module, *args], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == code, done.stderr[-2000:]
+        imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in done.stderr.splitlines()
+                    if line.startswith("import time:")}
+        assert not imported & {"torch", "pandas", "prefect", "numpy"}, (module, args)
