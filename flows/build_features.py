@@ -60,13 +60,13 @@ import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from filelock import FileLock  # noqa: E402
 from prefect import flow, task  # noqa: E402
-from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,  # noqa: E402
-                               update_progress_artifact)
-from prefect.futures import as_completed  # noqa: E402
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact  # noqa: E402
+from prefect.futures import PrefectFuture, as_completed  # noqa: E402
 from prefect.runtime import task_run  # noqa: E402
 from prefect.tasks import exponential_backoff  # noqa: E402
 
 from extractors.extract import ClipJob, ExtractConfig, Extractors, extract_features  # noqa: E402
+from flows.progress import Progress  # noqa: E402
 from flows.common import (digest, frame_digest, key_of, link_dir, results_dir, runner_from_arguments,  # noqa: E402
                           short, source_digest, task_runner)
 from pipeline.acquire import AcquireConfig, acquire, availability_failures, available_sources  # noqa: E402
@@ -243,6 +243,22 @@ def _manifest(manifest: Path | None, demo: DemoConfig, demo_clips: int, out: Pat
     return built.frame, "demo"
 
 
+def watch_shards(futures: list[PrefectFuture[ShardOutcome]], *, clips: int) -> None:
+    """As shards finish: "shards k/N, clips k/M, failed F" in a progress artifact and a terminal bar."""
+    progress = Progress(len(futures), key="build-features-progress",
+                        text=f"shards 0/{len(futures)}, clips 0/{clips}, failed 0", unit="shard")
+    shards = done = failed = 0
+    try:
+        for future in as_completed(futures):
+            shards += 1
+            if not future.state.is_failed():
+                outcome = future.result()
+                done, failed = done + outcome.clips, failed + outcome.clips - outcome.extracted
+            progress.update(shards, f"shards {shards}/{len(futures)}, clips {done}/{clips}, failed {failed}")
+    finally:
+        progress.close()
+
+
 def _summary(outcome: FeatureSetOutcome, extract: ExtractConfig) -> str:
     weights = {name: getattr(extract, name) or "published" for name in ("audio_weights", "visual_weights")}
     random_note = " **Random extractor weights: these features say nothing about real performance.**" \
@@ -277,6 +293,9 @@ def build_features(
         segment, extract: segmentation and extraction settings (weights: a path, None = published, "random").
     """
     out = Path(out).resolve()
+    if manifest is None:
+        create_progress_artifact(0.0, key="build-features-progress",
+                                 description=f"generating {demo_clips} demo videos; shards follow")
     frame, dataset = _manifest(manifest, demo, demo_clips, out)
     set_key = digest("features", frame_digest(frame), clips_per_shard, segment, extract_cache_config(extract),
                      source_digest(*EXTRACT_CODE))
@@ -303,9 +322,7 @@ def build_features(
             work=root / "work" / name, lock=out / "locks" / f"{short(set_key)}-{name}.lock", dataset=dataset,
         ), availability))
 
-    progress = create_progress_artifact(0.0, key="build-features-progress", description="shards finished")
-    for done, future in enumerate(as_completed(futures), start=1):
-        update_progress_artifact(progress, 100.0 * done / len(futures))
+    watch_shards(futures, clips=len(frame))
     outcomes = [f.result() for f in futures]  # in shard order
     fresh = [o for o, f in zip(outcomes, futures) if f.state.name != "Cached"]
     failures = [f for o in outcomes for f in o.failures]

@@ -45,10 +45,12 @@ from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
 import yaml  # noqa: E402
-from prefect import flow, task  # noqa: E402
-from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.futures import PrefectFuture, as_completed  # noqa: E402
 
+from flows.progress import Progress  # noqa: E402
 from flows.common import (digest, files_digest, key_of, link_dir, link_files, results_dir,  # noqa: E402
                           runner_from_arguments, short, source_digest, task_runner)
 from hscmae.experiment import ExperimentConfig, MethodResult, PreparedData, prepare, run_one, summarise  # noqa: E402
@@ -94,8 +96,14 @@ def prepare_data(config: ExperimentConfig) -> PreparedData:
 @task(name="train-eval-method", task_run_name="{job.method}-seed{job.seed}", cache_policy=key_of("job"),
       persist_result=True)
 def train_method(job: RunJob, data: PreparedData) -> MethodResult:
-    """Train (or solve) one method with one seed, select on val, evaluate on test once."""
-    return run_one(job.method, job.seed, data, job.run_dir, config=job.config, progress=False)
+    """Train (or solve) one method with one seed, select on val, evaluate on test once; log every epoch."""
+    logger, epochs = get_run_logger(), job.config.method_config(job.method).train.epochs
+
+    def log_epoch(entry: dict[str, Any]) -> None:
+        logger.info("%s seed %d: epoch %d/%d, loss %.4f, val mAP %.4f", job.method, job.seed, entry["epoch"] + 1,
+                    epochs, entry.get("total", float("nan")), entry["val_score"])
+
+    return run_one(job.method, job.seed, data, job.run_dir, config=job.config, progress=False, on_epoch=log_epoch)
 
 
 @task(name="summarise", cache_policy=key_of("key"), persist_result=True)
@@ -103,6 +111,35 @@ def summarise_run(key: str, results: list[MethodResult], data: PreparedData, con
                   run_dir: Path) -> Path:
     """Write config, metrics, tables, plots and log into the run directory."""
     return summarise(results, data, config, run_dir)
+
+
+def finished_row(result: MethodResult) -> dict[str, Any]:
+    """One finished method x seed as a row of the filling-in results table (val selects, test reports)."""
+    return {"method": result.method, "seed": result.seed, "selected epoch": result.best_epoch,
+            "val mAP": round(result.val_score, 4),
+            **{f"test {name}": round(value, 4) for name, value in result.metrics.items()},
+            "seconds": round(result.seconds, 1)}
+
+
+def watch_runs(futures: list[PrefectFuture[MethodResult]]) -> None:
+    """As method x seed runs finish: a progress artifact, a results table that fills in, a terminal bar."""
+    total = len(futures)
+    progress = Progress(total, key="train-eval-progress", text=f"0 of {total} method x seed done",
+                        unit="run")
+    finished: list[MethodResult] = []
+    try:
+        for future in as_completed(futures):
+            if future.state.is_failed():
+                continue  # the flow raises on it after every run has finished
+            finished.append(future.result())
+            best = max(finished, key=lambda r: r.val_score)
+            progress.update(len(finished), f"{len(finished)} of {total} method x seed done; best on val so far: "
+                                           f"{best.method} seed {best.seed} (val mAP {best.val_score:.4f})")
+            create_table_artifact([finished_row(r) for r in finished], key="train-eval-finished",
+                                  description=f"finished method x seed runs ({len(finished)} of {total}); "
+                                              "test metrics of the epoch selected on val")
+    finally:
+        progress.close()
 
 
 def experiment_key(config: ExperimentConfig, data_key: str) -> str:
@@ -146,6 +183,7 @@ def train_eval(config: ExperimentConfig = ExperimentConfig()) -> TrainEvalOutcom
                    run_dir=run_dir, config=config)
             for method in config.methods for seed in config.seeds]
     futures = [train_method.with_options(result_storage=storage).submit(job, data) for job in jobs]
+    watch_runs(futures)
     results = [f.result() for f in futures]
     summary_key = digest("summarise", [job.key for job in jobs], str(run_dir.resolve()))
     summarise_run.with_options(result_storage=storage)(summary_key, results, data, config, run_dir)

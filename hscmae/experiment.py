@@ -18,6 +18,7 @@ import hashlib
 import itertools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,10 +162,12 @@ def _save_cca(cca: LinearCCA, path: Path) -> None:
 
 
 def run_one(method_name: str, seed: int, data: PreparedData, run_dir: str | Path, *,
-            config: ExperimentConfig | None = None, progress: bool = True) -> MethodResult:
+            config: ExperimentConfig | None = None, progress: bool = True,
+            on_epoch: Callable[[dict[str, Any]], None] | None = None) -> MethodResult:
     """Train (or solve) one method with one seed, select on val, evaluate on test once.
 
     ``config`` supplies the ``epochs``/``batch_size`` overrides and ``posthoc_cca`` (default: ``ExperimentConfig()``).
+    ``on_epoch`` gets each training epoch's history entry (trainable methods only).
     The selected model is saved as ``run_dir/checkpoints/<method>-seed<seed>/best.safetensors``.
     """
     config = config or ExperimentConfig(methods=[method_name])
@@ -183,7 +186,7 @@ def run_one(method_name: str, seed: int, data: PreparedData, run_dir: str | Path
                           data.test.label_id)
     else:
         trained = fit(method, data.train, data.val, seed=seed, scorer=retrieval_score, checkpoint_dir=folder,
-                      progress=progress)
+                      progress=progress, on_epoch=on_epoch)
         history, best_epoch = trained.history, trained.best_epoch
         posthoc, posthoc_ridge = None, None
         if config.posthoc_cca:
