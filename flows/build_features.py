@@ -20,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from flows.common import DEFAULT_OUT, VISUAL_MODELS, add_runner_arguments
+from flows.common import VISUAL_MODELS, add_runner_arguments
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,7 +31,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--manifest", type=Path, help="manifest Parquet file (default: the demo videos)")
     source.add_argument("--demo-clips", type=int, default=120, help="demo clips to generate when no manifest is given")
     parser.add_argument("--demo-seconds", type=float, default=10.0, help="length of each demo clip")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output root")
+    parser.add_argument("--out", type=Path, help="output root (default: $HSCMAE_OUTPUTS, else ./outputs)")
     parser.add_argument("--clips-per-shard", type=int, default=16)
     parser.add_argument("--weights", choices=("published", "random"), default="published",
                         help="extractor weights: the published files (torch hub cache) or random (flagged as such)")
@@ -56,19 +56,24 @@ from collections import Counter  # noqa: E402
 from dataclasses import dataclass, field, replace  # noqa: E402
 from functools import partial  # noqa: E402
 
+from typing import Annotated  # noqa: E402
+
 import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from filelock import FileLock  # noqa: E402
 from prefect import flow, task  # noqa: E402
+from pydantic import Field  # noqa: E402
+from pydantic.json_schema import SkipJsonSchema  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact  # noqa: E402
 from prefect.futures import PrefectFuture, as_completed  # noqa: E402
 from prefect.runtime import task_run  # noqa: E402
 from prefect.tasks import exponential_backoff  # noqa: E402
 
 from extractors.extract import ClipJob, ExtractConfig, Extractors, extract_features  # noqa: E402
+from flows.params import AcquireSettings, DemoSettings, ExtractSettings, SegmentSettings  # noqa: E402
 from flows.progress import Progress  # noqa: E402
-from flows.common import (digest, frame_digest, key_of, link_dir, results_dir, runner_from_arguments,  # noqa: E402
-                          short, source_digest, task_runner)
+from flows.common import (digest, frame_digest, key_of, link_dir, output_root, results_dir,  # noqa: E402
+                          runner_from_arguments, short, source_digest, task_runner)
 from pipeline.acquire import AcquireConfig, acquire, availability_failures, available_sources  # noqa: E402
 from pipeline.atomic import atomic_path  # noqa: E402
 from pipeline.demo import LABELS_FILE, DemoConfig, write_demo  # noqa: E402
@@ -182,14 +187,15 @@ def extract_cache_config(config: ExtractConfig) -> dict[str, object]:
 
 # --- tasks ------------------------------------------------------------------------------------
 
-@task(name="demo-videos", cache_policy=key_of("key"), persist_result=True)
+@task(name="demo-videos", task_run_name="demo-videos", cache_policy=key_of("key"), persist_result=True)
 def demo_videos(key: str, clips: int, config: DemoConfig, folder: Path) -> Path:
     """Write the demo clips (real MP4s) under ``folder`` and return it."""
     write_demo(folder, clips, config=config)
     return folder
 
 
-@task(name="acquire-shard", retries=ACQUIRE_RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=10),
+@task(name="acquire-shard", task_run_name="acquire-shard-{job.index:05d}", retries=ACQUIRE_RETRIES,
+      retry_delay_seconds=exponential_backoff(backoff_factor=10),
       retry_jitter_factor=0.5, cache_policy=key_of("job"), persist_result=True)
 def acquire_shard(job: AcquireJob) -> pd.DataFrame:
     """Make the shard's sources local; raises (so Prefect retries) while network failures remain."""
@@ -202,7 +208,8 @@ def acquire_shard(job: AcquireJob) -> pd.DataFrame:
     return availability
 
 
-@task(name="extract-shard", cache_policy=key_of("job"), persist_result=True)
+@task(name="extract-shard", task_run_name="extract-shard-{job.index:05d}", cache_policy=key_of("job"),
+      persist_result=True)
 def extract_shard(job: ExtractJob, availability: pd.DataFrame) -> ShardOutcome:
     """Segment and extract the shard's clips into one Parquet shard, unless it is already on disk."""
     obtained = availability_failures(availability)
@@ -273,26 +280,28 @@ def _summary(outcome: FeatureSetOutcome, extract: ExtractConfig) -> str:
 
 @flow(name="build-features", log_prints=True, task_runner=task_runner("thread"))
 def build_features(
-    manifest: Path | None = None,
-    demo_clips: int = 120,
-    demo: DemoConfig = DemoConfig(),
-    out: Path = DEFAULT_OUT,
-    clips_per_shard: int = 16,
-    acquire_config: AcquireConfig = AcquireConfig(),
-    segment: SegmentConfig = SegmentConfig(),
-    extract: ExtractConfig = ExtractConfig(),
+    manifest: Path | SkipJsonSchema[None] = None,
+    demo_clips: Annotated[int, Field(ge=1, le=100_000)] = 120,
+    demo: DemoSettings = DemoSettings(),
+    out: Path | SkipJsonSchema[None] = None,
+    clips_per_shard: Annotated[int, Field(ge=1, le=100_000)] = 16,
+    acquire_config: AcquireSettings = AcquireSettings(),
+    segment: SegmentSettings = SegmentSettings(),
+    extract: ExtractSettings = ExtractSettings(),
 ) -> FeatureSetOutcome:
     """Build a feature set from ``manifest`` (or ``demo_clips`` generated demo videos) under ``out``.
 
     Args:
-        manifest: a manifest Parquet file (``pipeline.manifest``); None builds the demo videos.
-        demo_clips: number of demo clips when ``manifest`` is None; ``demo`` shapes them.
-        out: output root: ``features/<key>/`` (shards, failures, summary), ``media/``, ``demo/``.
+        manifest: a manifest Parquet file (``pipeline.manifest``); empty builds the demo videos.
+        demo_clips: number of demo clips when ``manifest`` is empty; ``demo`` shapes them.
+        out: output root (empty: ``$HSCMAE_OUTPUTS``, else ``./outputs``): ``features/<key>/``, ``media/``, ``demo/``.
         clips_per_shard: manifest rows per task and per shard.
-        acquire_config: where sources are read from; its ``cache_dir`` is replaced by ``out/media/<key>``.
-        segment, extract: segmentation and extraction settings (weights: a path, None = published, "random").
+        acquire_config: where sources are read from (downloads go to ``out/media/<key>``).
+        segment, extract: segmentation and extraction settings (weights: a path, empty = published, "random").
     """
-    out = Path(out).resolve()
+    out = output_root(out)
+    demo, segment = demo.to_config(), segment.to_config()
+    extract, acquire_config = extract.to_config(clips_per_shard), acquire_config.to_config(Path("."))
     if manifest is None:
         create_progress_artifact(0.0, key="build-features-progress",
                                  description=f"generating {demo_clips} demo videos; shards follow")
@@ -304,13 +313,12 @@ def build_features(
     acquire_code, storage = source_digest(*ACQUIRE_CODE), results_dir(out)
     acquire_task = acquire_shard.with_options(result_storage=storage)
     extract_task = extract_shard.with_options(result_storage=storage)
-    acquire_settings = replace(acquire_config, cache_dir=Path("."))  # the cache dir is an output, not an input
 
     futures = []
     for index, start in enumerate(range(0, len(frame), clips_per_shard)):
         rows = frame.iloc[start:start + clips_per_shard].reset_index(drop=True)
         rows_key = frame_digest(rows)
-        acquire_key = digest("acquire", rows_key, acquire_settings, acquire_code)
+        acquire_key = digest("acquire", rows_key, acquire_config, acquire_code)  # its cache dir: "."
         availability = acquire_task.submit(AcquireJob(
             key=acquire_key, index=index, rows=rows,
             config=replace(acquire_config, cache_dir=out / "media" / short(acquire_key)),

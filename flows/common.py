@@ -19,7 +19,6 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from flows import PROJECT_ROOT
 from pipeline.digest import sha256_file
 
 if TYPE_CHECKING:  # imported where used, so a CLI's --help answers before pandas and Prefect load
@@ -28,7 +27,7 @@ if TYPE_CHECKING:  # imported where used, so a CLI's --help answers before panda
     from prefect.context import TaskRunContext
     from prefect.task_runners import TaskRunner
 
-DEFAULT_OUT = PROJECT_ROOT / "outputs"
+OUTPUTS_ENV = "HSCMAE_OUTPUTS"  # the output root, when no flag names one
 VISUAL_MODELS = ("resnet50", "resnet152", "vit_b16", "vit_s16")  # extractors.visual's frame extractors
 KEY_LENGTH = 16  # hex characters of a sha256 used in directory names
 RESULTS_DIR = ".prefect-results"  # per-output-root Prefect result and cache records
@@ -51,6 +50,16 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "item") and callable(value.item):  # numpy scalars
         return value.item()
     return value
+
+
+def output_root(out: str | os.PathLike[str] | None = None) -> Path:
+    """The one folder every output goes under: ``out``, else ``$HSCMAE_OUTPUTS``, else ``./outputs``.
+
+    Layout (docs/outputs.md): ``demo/`` generated videos, ``media/`` acquired sources,
+    ``features/<key>/`` feature sets, ``data/`` generated feature sets, ``runs/run-<key>/``
+    training runs, ``locks/`` per-shard file locks, ``.prefect-results/`` Prefect's cache records.
+    """
+    return Path(out if out is not None else os.environ.get(OUTPUTS_ENV) or "outputs").resolve()
 
 
 def digest(*parts: Any) -> str:

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from flows.common import DEFAULT_OUT, VISUAL_MODELS
+from flows.common import VISUAL_MODELS
 
 DEMO_CLIPS = 120
 DEMO_SECONDS = 5.0
@@ -30,50 +30,53 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--visual-model", default="resnet50", choices=VISUAL_MODELS, help="frame extractor")
     parser.add_argument("--seeds", nargs="+", type=int, default=DEMO_SEEDS)
     parser.add_argument("--epochs", type=int, help="override every trainable method's epochs")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output root of build-features")
-    parser.add_argument("--runs-root", default="runs", help="where the run directory goes")
+    parser.add_argument("--out", type=Path, help="output root (default: $HSCMAE_OUTPUTS, else ./outputs)")
+    parser.add_argument("--runs-root", default="runs", help="where the run directory goes, under the output root")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":  # --help and argument errors answer before torch, pandas and Prefect load
     parse_arguments()
 
-from prefect import flow  # noqa: E402
+from typing import Annotated  # noqa: E402
 
-from extractors.extract import ExtractConfig  # noqa: E402
+from prefect import flow  # noqa: E402
+from pydantic import Field  # noqa: E402
+from pydantic.json_schema import SkipJsonSchema  # noqa: E402
+
 from flows.build_features import build_features  # noqa: E402
-from flows.common import task_runner  # noqa: E402
+from flows.common import output_root, task_runner  # noqa: E402
+from flows.params import DemoSettings, ExperimentSettings, ExtractSettings, Seed, VisualModel  # noqa: E402
 from flows.train_eval import TrainEvalOutcome, train_eval  # noqa: E402
-from hscmae.experiment import ExperimentConfig  # noqa: E402
-from pipeline.demo import DemoConfig  # noqa: E402
 
 
 @flow(name="demo", log_prints=True)
 def demo(
-    clips: int = DEMO_CLIPS,
-    seconds: float = DEMO_SECONDS,
-    visual_model: str = "resnet50",
-    seeds: list[int] = DEMO_SEEDS,
-    epochs: int | None = None,
-    out: Path = DEFAULT_OUT,
+    clips: Annotated[int, Field(ge=10, le=100_000)] = DEMO_CLIPS,
+    seconds: Annotated[float, Field(gt=0.0, le=600.0)] = DEMO_SECONDS,
+    visual_model: VisualModel = "resnet50",
+    seeds: Annotated[list[Seed], Field(min_length=1, max_length=100)] = DEMO_SEEDS,
+    epochs: Annotated[int, Field(ge=1, le=10_000)] | SkipJsonSchema[None] = None,
+    out: Path | SkipJsonSchema[None] = None,
     runs_root: str = "runs",
 ) -> TrainEvalOutcome:
     """Build features of ``clips`` demo videos with random extractor weights, then train and evaluate.
 
     Args:
         clips, seconds: how many demo clips, and how long each one is.
-        visual_model: the frame extractor (``resnet50``, ``resnet152``, ``vit_b16``, ``vit_s16``).
+        visual_model: the frame extractor.
         seeds, epochs: seeds of every method; ``epochs`` overrides the methods' epoch counts.
-        out, runs_root: where the feature set and the run directory go.
+        out, runs_root: the output root (empty: ``$HSCMAE_OUTPUTS``, else ``./outputs``), and the runs under it.
     """
+    out = output_root(out)
     features = build_features(
-        demo_clips=clips, demo=DemoConfig(seconds=seconds), out=out,
-        extract=ExtractConfig(visual_model=visual_model, audio_weights="random", visual_weights="random"))
+        demo_clips=clips, demo=DemoSettings(seconds=seconds), out=out,
+        extract=ExtractSettings(visual_model=visual_model, audio_weights="random", visual_weights="random"))
     # methods x seeds on two single-threaded Dask worker processes: parallel, yet reproducible
     # (threads of one process would share torch's RNG; see flows.train_eval)
     parallel = train_eval.with_options(task_runner=task_runner("dask", workers=2))
-    return parallel(ExperimentConfig(shards=str(features.shards), seeds=list(seeds), epochs=epochs,
-                                     runs_root=runs_root))
+    return parallel(ExperimentSettings(shards=str(features.shards), seeds=list(seeds), epochs=epochs,
+                                       runs_root=str(out / runs_root)))
 
 
 def main(argv: list[str] | None = None) -> TrainEvalOutcome:
@@ -81,8 +84,7 @@ def main(argv: list[str] | None = None) -> TrainEvalOutcome:
     outcome = demo(
         clips=args.clips, seconds=args.seconds, visual_model=args.visual_model, seeds=args.seeds,
         epochs=args.epochs, out=args.out, runs_root=args.runs_root)
-    print(f"\n{outcome.table}\nRun directory: {outcome.run_dir}")
-    return outcome
+    return outcome  # train-eval has logged the table and the run directory
 
 
 if __name__ == "__main__":

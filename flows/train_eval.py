@@ -31,7 +31,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", help="methods to run (default: all)")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 1 2)")
     parser.add_argument("--epochs", type=int, help="override every trainable method's epochs")
-    parser.add_argument("--runs-root", help="where run directories go (default: runs)")
+    parser.add_argument("--out", type=Path, help="output root (default: $HSCMAE_OUTPUTS, else ./outputs)")
+    parser.add_argument("--runs-root", help="where run directories go (default: runs, under the output root)")
+    parser.add_argument("--keep-resume-state", action="store_true",
+                        help="keep each finished method x seed's resume state (default: best checkpoint only)")
     add_runner_arguments(parser, threads=1)
     return parser.parse_args(argv)
 
@@ -41,6 +44,7 @@ if __name__ == "__main__":  # --help and argument errors answer before torch, pa
 
 import dataclasses  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -49,10 +53,13 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.futures import PrefectFuture, as_completed  # noqa: E402
+from pydantic.json_schema import SkipJsonSchema  # noqa: E402
 
+from flows.params import ExperimentSettings  # noqa: E402
 from flows.progress import Progress  # noqa: E402
-from flows.common import (digest, files_digest, key_of, link_dir, link_files, results_dir,  # noqa: E402
-                          runner_from_arguments, short, source_digest, task_runner)
+from flows.common import (digest, files_digest, key_of, link_dir, link_files, output_root,  # noqa: E402
+                          results_dir, runner_from_arguments, short, source_digest, task_runner)
+from hscmae.checkpoint import EPOCH_DIR, LAST  # noqa: E402
 from hscmae.experiment import ExperimentConfig, MethodResult, PreparedData, prepare, run_one, summarise  # noqa: E402
 from hscmae.synthetic import SyntheticConfig, write_synthetic  # noqa: E402
 from pipeline.shards import shard_paths  # noqa: E402
@@ -70,6 +77,7 @@ class RunJob:
     seed: int
     run_dir: Path
     config: ExperimentConfig
+    keep_resume_state: bool = False
 
 
 @dataclass
@@ -81,13 +89,13 @@ class TrainEvalOutcome:
     task_states: dict[str, int]
 
 
-@task(name="synthetic-data", cache_policy=key_of("key"), persist_result=True)
+@task(name="synthetic-data", task_run_name="synthetic-data", cache_policy=key_of("key"), persist_result=True)
 def synthetic_data(key: str, config: SyntheticConfig, root: Path) -> Path:
     """Generate the built-in feature set (once; later runs find it on disk)."""
     return write_synthetic(config, root)
 
 
-@task(name="prepare-data", cache_policy=NO_CACHE, persist_result=False)
+@task(name="prepare-data", task_run_name="prepare-data", cache_policy=NO_CACHE, persist_result=False)
 def prepare_data(config: ExperimentConfig) -> PreparedData:
     """Load the shards, carve val from train if absent, pad each split."""
     return prepare(config)
@@ -103,10 +111,21 @@ def train_method(job: RunJob, data: PreparedData) -> MethodResult:
         logger.info("%s seed %d: epoch %d/%d, loss %.4f, val mAP %.4f", job.method, job.seed, entry["epoch"] + 1,
                     epochs, entry.get("total", float("nan")), entry["val_score"])
 
-    return run_one(job.method, job.seed, data, job.run_dir, config=job.config, progress=False, on_epoch=log_epoch)
+    result = run_one(job.method, job.seed, data, job.run_dir, config=job.config, progress=False, on_epoch=log_epoch)
+    if not job.keep_resume_state:
+        drop_resume_state(Path(result.checkpoint).parent)
+    return result
 
 
-@task(name="summarise", cache_policy=key_of("key"), persist_result=True)
+def drop_resume_state(folder: Path) -> None:
+    """Remove a finished run's resume state (``last.json`` first, then ``epoch_NNNN/``); keep its best model."""
+    (folder / LAST).unlink(missing_ok=True)
+    for old in folder.iterdir():
+        if old.is_dir() and EPOCH_DIR.match(old.name):
+            shutil.rmtree(old)
+
+
+@task(name="summarise", task_run_name="summarise", cache_policy=key_of("key"), persist_result=True)
 def summarise_run(key: str, results: list[MethodResult], data: PreparedData, config: ExperimentConfig,
                   run_dir: Path) -> Path:
     """Write config, metrics, tables, plots and log into the run directory."""
@@ -160,13 +179,18 @@ def method_key(config: ExperimentConfig, data_key: str, method: str, seed: int, 
 # so two fits in threads of one process would draw from each other's stream. Dask workers are
 # separate single-threaded processes, so there tasks run in parallel and stay reproducible.
 @flow(name="train-eval", log_prints=True, task_runner=task_runner("thread", threads=1))
-def train_eval(config: ExperimentConfig = ExperimentConfig()) -> TrainEvalOutcome:
+def train_eval(config: ExperimentSettings = ExperimentSettings(), out: Path | SkipJsonSchema[None] = None,
+               keep_resume_state: bool = False) -> TrainEvalOutcome:
     """Train and evaluate every method x seed of ``config`` and write the run directory.
 
     Args:
-        config: the experiment (``hscmae.experiment.ExperimentConfig``): shards (None: the built-in
+        config: the experiment (``hscmae.experiment.ExperimentConfig``): shards (empty: the built-in
             synthetic set), methods, seeds, val carving, post-hoc CCA, epochs override, run folder.
+        out: the output root that relative folders of ``config`` are under (empty: ``$HSCMAE_OUTPUTS``,
+            else ``./outputs``).
+        keep_resume_state: keep each finished method x seed's last resume state beside its best model.
     """
+    config = config.to_config(output_root(out))
     runs_root = Path(config.runs_root).resolve()
     if config.shards is None:
         synthetic_key = digest("synthetic", config.synthetic, source_digest(*SYNTHETIC_CODE))
@@ -180,7 +204,7 @@ def train_eval(config: ExperimentConfig = ExperimentConfig()) -> TrainEvalOutcom
 
     data = prepare_data.submit(config)
     jobs = [RunJob(key=method_key(config, data_key, method, seed, run_dir), method=method, seed=seed,
-                   run_dir=run_dir, config=config)
+                   run_dir=run_dir, config=config, keep_resume_state=keep_resume_state)
             for method in config.methods for seed in config.seeds]
     futures = [train_method.with_options(result_storage=storage).submit(job, data) for job in jobs]
     watch_runs(futures)
@@ -202,8 +226,8 @@ def train_eval(config: ExperimentConfig = ExperimentConfig()) -> TrainEvalOutcom
     return TrainEvalOutcome(run_dir=run_dir, table=table, task_states=states)
 
 
-def load_config(path: Path | None, overrides: dict[str, Any]) -> ExperimentConfig:
-    """An ``ExperimentConfig`` from a JSON or YAML file (optional), with command-line overrides on top."""
+def load_config(path: Path | None, overrides: dict[str, Any]) -> ExperimentSettings:
+    """An experiment from a JSON or YAML file (optional), with command-line overrides on top; checked."""
     data: dict[str, Any] = {}
     if path is not None:
         text = path.read_text()
@@ -212,7 +236,7 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> ExperimentConfi
             raise ValueError(f"{path}: an experiment config must be a mapping of settings, got {type(loaded).__name__}")
         data.update(loaded)
     data.update({k: v for k, v in overrides.items() if v is not None})
-    return ExperimentConfig.from_dict(data)
+    return ExperimentSettings.model_validate(data)
 
 
 def main(argv: list[str] | None = None) -> TrainEvalOutcome:
@@ -220,7 +244,8 @@ def main(argv: list[str] | None = None) -> TrainEvalOutcome:
     config = load_config(args.config, {
         "shards": str(args.features) if args.features else None, "methods": args.methods, "seeds": args.seeds,
         "epochs": args.epochs, "runs_root": args.runs_root})
-    return train_eval.with_options(task_runner=runner_from_arguments(args))(config)
+    run = train_eval.with_options(task_runner=runner_from_arguments(args))
+    return run(config, out=args.out, keep_resume_state=args.keep_resume_state)
 
 
 if __name__ == "__main__":
