@@ -3,10 +3,11 @@
 Importing this package points Prefect at a project-local home (``<repo>/.prefect``: its
 SQLite database, result storage and logs) unless the user has set ``PREFECT_HOME``
 themselves, so nothing leaks into ``~/.prefect``. It also turns off the server's usage
-telemetry and the client's (``DO_NOT_TRACK``), and gives the embedded server (used when no ``PREFECT_API_URL`` is set) two
-minutes to start, as a first start creates the database and can take longer than Prefect's
-default 20 s on a busy two-core machine. All of this is a default the user's environment
-overrides, and must happen before Prefect is first imported. Dask's INFO chatter is off too.
+telemetry and the client's (``DO_NOT_TRACK``: no device id under ``.sdk_telemetry/``), hides
+Dask's INFO messages (``--verbose`` shows them), and gives the embedded server (used when no
+``PREFECT_API_URL`` is set) two minutes to start, as a first start creates the database and
+can take longer than Prefect's default 20 s on a busy two-core machine. All of this is a
+default the user's environment overrides, and must happen before Prefect is first imported.
 """
 
 from __future__ import annotations

@@ -72,8 +72,8 @@ from prefect.tasks import exponential_backoff  # noqa: E402
 from extractors.extract import ClipJob, ExtractConfig, Extractors, extract_features  # noqa: E402
 from flows.params import AcquireSettings, DemoSettings, ExtractSettings, SegmentSettings  # noqa: E402
 from flows.progress import Progress  # noqa: E402
-from flows.common import (digest, frame_digest, key_of, link_dir, output_root, results_dir,  # noqa: E402
-                          runner_from_arguments, short, source_digest, task_runner)
+from flows.common import (apply_verbosity, digest, frame_digest, key_of, link_dir, output_root,  # noqa: E402
+                          results_dir, runner_from_arguments, short, source_digest, task_runner)
 from pipeline.acquire import AcquireConfig, acquire, availability_failures, available_sources  # noqa: E402
 from pipeline.atomic import atomic_path  # noqa: E402
 from pipeline.demo import LABELS_FILE, DemoConfig, write_demo  # noqa: E402
@@ -362,6 +362,7 @@ def weights_config(args: argparse.Namespace) -> ExtractConfig:
 
 def main(argv: list[str] | None = None) -> FeatureSetOutcome:
     args = parse_arguments(argv)
+    apply_verbosity(args)
     run = build_features.with_options(task_runner=runner_from_arguments(args))
     return run(manifest=args.manifest, demo_clips=args.demo_clips, demo=DemoConfig(seconds=args.demo_seconds),
                out=args.out, clips_per_shard=args.clips_per_shard,

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -31,6 +32,7 @@ OUTPUTS_ENV = "HSCMAE_OUTPUTS"  # the output root, when no flag names one
 VISUAL_MODELS = ("resnet50", "resnet152", "vit_b16", "vit_s16")  # extractors.visual's frame extractors
 KEY_LENGTH = 16  # hex characters of a sha256 used in directory names
 RESULTS_DIR = ".prefect-results"  # per-output-root Prefect result and cache records
+DASK_LOGGING_ENV = "DASK_LOGGING__DISTRIBUTED"  # Dask's log level (flows/__init__ sets "warning")
 FILES_URL_ENV = "HSCMAE_FILES_URL"  # base URL of the local file server (set by `flows.local up`)
 FILES_ROOT_ENV = "HSCMAE_FILES_ROOT"  # the folder it serves
 
@@ -163,6 +165,18 @@ def add_runner_arguments(parser: argparse.ArgumentParser, *, threads: int = 2) -
     parser.add_argument("--dask-address", help="scheduler address (tcp://host:8786); default: a local cluster")
     parser.add_argument("--dask-workers", type=int, default=2, help="workers of the local Dask cluster")
     parser.add_argument("--threads", type=int, default=threads, help="task threads of the thread runner")
+    add_verbose_argument(parser)
+
+
+def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
+    """``--verbose``: show Dask's INFO messages (hidden by default, see :mod:`flows`)."""
+    parser.add_argument("--verbose", action="store_true", help="also show Dask's INFO messages")
+
+
+def apply_verbosity(args: argparse.Namespace) -> None:
+    """Let Dask (here and in its worker processes) log INFO when ``--verbose`` was given."""
+    if args.verbose:
+        os.environ[DASK_LOGGING_ENV] = "info"
 
 
 def task_runner(kind: str = "thread", *, address: str | None = None, workers: int = 2,
@@ -179,6 +193,10 @@ def task_runner(kind: str = "thread", *, address: str | None = None, workers: in
     if kind != "dask":
         raise ValueError(f"task runner must be 'thread' or 'dask', got {kind!r}")
     from prefect_dask import DaskTaskRunner  # imported only when asked for
+
+    if os.environ.get(DASK_LOGGING_ENV) != "info":
+        # at shutdown a nanny gives its worker 4 s, then kills it and warns; nothing to act on
+        logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
 
     if address:
         return DaskTaskRunner(address=address)

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from flows.common import VISUAL_MODELS
+from flows.common import VISUAL_MODELS, add_verbose_argument, apply_verbosity
 
 DEMO_CLIPS = 120
 DEMO_SECONDS = 5.0
@@ -32,6 +32,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, help="override every trainable method's epochs")
     parser.add_argument("--out", type=Path, help="output root (default: $HSCMAE_OUTPUTS, else ./outputs)")
     parser.add_argument("--runs-root", default="runs", help="where the run directory goes, under the output root")
+    add_verbose_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -81,6 +82,7 @@ def demo(
 
 def main(argv: list[str] | None = None) -> TrainEvalOutcome:
     args = parse_arguments(argv)
+    apply_verbosity(args)
     outcome = demo(
         clips=args.clips, seconds=args.seconds, visual_model=args.visual_model, seeds=args.seeds,
         epochs=args.epochs, out=args.out, runs_root=args.runs_root)

@@ -57,8 +57,8 @@ from pydantic.json_schema import SkipJsonSchema  # noqa: E402
 
 from flows.params import ExperimentSettings  # noqa: E402
 from flows.progress import Progress  # noqa: E402
-from flows.common import (digest, files_digest, key_of, link_dir, link_files, output_root,  # noqa: E402
-                          results_dir, runner_from_arguments, short, source_digest, task_runner)
+from flows.common import (apply_verbosity, digest, files_digest, key_of, link_dir, link_files,  # noqa: E402
+                          output_root, results_dir, runner_from_arguments, short, source_digest, task_runner)
 from hscmae.checkpoint import EPOCH_DIR, LAST  # noqa: E402
 from hscmae.experiment import ExperimentConfig, MethodResult, PreparedData, prepare, run_one, summarise  # noqa: E402
 from hscmae.synthetic import SyntheticConfig, write_synthetic  # noqa: E402
@@ -241,6 +241,7 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> ExperimentSetti
 
 def main(argv: list[str] | None = None) -> TrainEvalOutcome:
     args = parse_arguments(argv)
+    apply_verbosity(args)
     config = load_config(args.config, {
         "shards": str(args.features) if args.features else None, "methods": args.methods, "seeds": args.seeds,
         "epochs": args.epochs, "runs_root": args.runs_root})

@@ -112,3 +112,27 @@ def test_help_and_bad_arguments_answer_before_heavy_imports(module: str) -> None
         imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in done.stderr.splitlines()
                     if line.startswith("import time:")}
         assert not imported & {"torch", "pandas", "prefect", "numpy"}, (module, args)
+
+
+def test_finished_run_keeps_its_best_model_not_its_resume_state(tmp_path: Path) -> None:
+    from flows.train_eval import drop_resume_state
+
+    for name in ("best.safetensors", "posthoc_cca.safetensors", "last.json", "epoch_0003/student.safetensors",
+                 "epoch_0003/state.json", "notes/keep.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    drop_resume_state(tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == [
+        "best.safetensors", "notes/keep.txt", "posthoc_cca.safetensors"]
+
+
+def test_file_links_point_at_the_file_server_only_for_what_it_serves(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.common import file_url
+
+    plot = tmp_path / "runs" / "run 1" / "loss.png"
+    assert file_url(plot) == plot.as_uri()  # no server: a file link
+    monkeypatch.setenv("HSCMAE_FILES_URL", "http://127.0.0.1:4201/")
+    monkeypatch.setenv("HSCMAE_FILES_ROOT", str(tmp_path / "runs"))
+    assert file_url(plot) == "http://127.0.0.1:4201/run%201/loss.png"
+    assert file_url(tmp_path / "elsewhere.png") == (tmp_path / "elsewhere.png").as_uri()
