@@ -200,8 +200,26 @@ def task_runner(kind: str = "thread", *, address: str | None = None, workers: in
 
     if address:
         return DaskTaskRunner(address=address)
+    share_server_with_workers()
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
                                           "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"})
+
+
+def share_server_with_workers() -> None:
+    """Point local Dask workers (they inherit the environment) at this process's Prefect API.
+
+    With no ``PREFECT_API_URL`` this is Prefect's temporary server (started here if need be);
+    otherwise every worker process would start a temporary server of its own and report there.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value() or os.environ.get("PREFECT_API_URL"):
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
 
 
 def runner_from_arguments(args: argparse.Namespace) -> TaskRunner:
