@@ -8,9 +8,11 @@ read-only over http on 127.0.0.1 (``flows.files``), and tells the worker where, 
 artifacts' links to plots and tables open from the UI.
 
 Everything lives in the project-local Prefect home (``.prefect/``): the SQLite database,
-and under ``.prefect/local/`` the pid files and logs of the server and the worker. Every
-process is started from an argument list in its own session, so ``down`` stops each one
-together with the flow runs it spawned, and nothing else.
+and under ``.prefect/local/`` the pid files and logs of the server, the file server and the
+worker. Every process is started from an argument list in its own session, so ``down`` stops
+each one and nothing else. Flow runs get sessions of their own from the worker, so ``down``
+first sets them Cancelling (their processes stop) and Cancelled, rather than leaving them
+"Running" forever in the UI.
 """
 
 from __future__ import annotations
@@ -50,7 +52,11 @@ def api_url(port: int) -> str:
 
 def stack_env(port: int, files_port: int | None = None, out: Path | None = None) -> dict[str, str]:
     """The environment for the server, the CLI calls and the worker: project home, local API, file server."""
-    env = {**os.environ, "PREFECT_HOME": os.environ["PREFECT_HOME"], "PREFECT_API_URL": api_url(port)}
+    env = {**os.environ, "PREFECT_HOME": os.environ["PREFECT_HOME"], "PREFECT_API_URL": api_url(port),
+           # the worker kills the process of a run set Cancelling (off by default in Prefect 3.9), and
+           # looks for cancellations and new runs every 2 s rather than every 120 s and 10 s
+           "PREFECT_WORKER_ENABLE_CANCELLATION": "true", "PREFECT_WORKER_CANCELLATION_POLL_SECONDS": "2",
+           "PREFECT_WORKER_QUERY_SECONDS": "2"}
     if files_port is not None and out is not None:
         env |= {OUTPUTS_ENV: str(out), FILES_ROOT_ENV: str(out), FILES_URL_ENV: f"http://{HOST}:{files_port}/"}
     return env
@@ -163,11 +169,11 @@ def up(port: int = DEFAULT_PORT, files_port: int | None = None, out: Path | None
           f"  {prefect} deployment run train-eval/demo\n")
 
 
-def cancel_in_flight(api: str, timeout_s: float = 30.0) -> list[str]:
+def cancel_in_flight(api: str, timeout_s: float = 10.0) -> list[str]:
     """Ask the worker to cancel every flow run not yet final; force Cancelled where it did not. Returns their names.
 
-    A run in its process is moved to Cancelling, which the worker turns into a killed process and a
-    Cancelled run; one that is still not final after ``timeout_s`` is set Cancelled outright.
+    A running run is moved to Cancelling, on which its process stops itself (and the worker kills
+    it); one whose state is still not final after ``timeout_s`` is set Cancelled outright.
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
