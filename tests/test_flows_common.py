@@ -136,3 +136,31 @@ def test_file_links_point_at_the_file_server_only_for_what_it_serves(tmp_path: P
     monkeypatch.setenv("HSCMAE_FILES_ROOT", str(tmp_path / "runs"))
     assert file_url(plot) == "http://127.0.0.1:4201/run%201/loss.png"
     assert file_url(tmp_path / "elsewhere.png") == (tmp_path / "elsewhere.png").as_uri()
+
+
+def test_run_forms_mirror_every_stage_config_field_and_default() -> None:
+    """A field added to a stage config must reach the UI's form too (and keep its default)."""
+    import dataclasses
+
+    from extractors.extract import ExtractConfig
+    from flows.params import AcquireSettings, DemoSettings, ExperimentSettings, ExtractSettings, SegmentSettings
+    from hscmae.experiment import ExperimentConfig
+    from pipeline.acquire import AcquireConfig
+    from pipeline.demo import DemoConfig
+
+    for form, config, outside in ((DemoSettings, DemoConfig, set()), (SegmentSettings, SegmentConfig, set()),
+                                  (ExtractSettings, ExtractConfig, {"clips_per_shard"}),
+                                  (AcquireSettings, AcquireConfig, {"cache_dir"}),
+                                  (ExperimentSettings, ExperimentConfig, set())):
+        assert set(form.model_fields) == {f.name for f in dataclasses.fields(config)} - outside, form.__name__
+        assert all(field.description for field in form.model_fields.values()), form.__name__
+    assert DemoSettings().to_config() == DemoConfig() and SegmentSettings().to_config() == SegmentConfig()
+    assert ExtractSettings().to_config(256) == ExtractConfig()
+    root = Path("/out")
+    got = ExperimentSettings().to_config(root)
+    assert (got.data_root, got.runs_root) == ("/out/data", "/out/runs")
+    assert dataclasses.replace(got, data_root="d", runs_root="r") == ExperimentConfig(data_root="d", runs_root="r")
+    with pytest.raises(ValueError):
+        ExtractSettings(visual_model="resnet18")
+    with pytest.raises(ValueError):
+        DemoSettings(test_fraction=5)
