@@ -20,8 +20,6 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from pipeline.digest import sha256_file
-
 if TYPE_CHECKING:  # imported where used, so a CLI's --help answers before pandas and Prefect load
     import pandas as pd
     from prefect.cache_policies import CachePolicy
@@ -78,6 +76,8 @@ def frame_digest(frame: pd.DataFrame) -> str:
 
 def files_digest(paths: Iterable[str | os.PathLike[str]]) -> str:
     """sha256 over the bytes of ``paths`` (in the given order), e.g. every shard of a feature set."""
+    from pipeline.digest import sha256_file
+
     return digest([sha256_file(p) for p in paths])
 
 
