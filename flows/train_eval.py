@@ -64,6 +64,7 @@ from hscmae.experiment import ExperimentConfig, MethodResult, PreparedData, prep
 from hscmae.synthetic import SyntheticConfig, write_synthetic  # noqa: E402
 from pipeline.shards import shard_paths  # noqa: E402
 
+EPOCH_LINES = 10  # most per-epoch log lines of one method x seed
 TRAIN_CODE = ("hscmae", "pipeline.shards", "pipeline.splits")
 SYNTHETIC_CODE = ("hscmae.synthetic",)
 
@@ -104,12 +105,19 @@ def prepare_data(config: ExperimentConfig) -> PreparedData:
 @task(name="train-eval-method", task_run_name="{job.method}-seed{job.seed}", cache_policy=key_of("job"),
       persist_result=True)
 def train_method(job: RunJob, data: PreparedData) -> MethodResult:
-    """Train (or solve) one method with one seed, select on val, evaluate on test once; log every epoch."""
+    """Train (or solve) one method with one seed, select on val, evaluate on test once.
+
+    Logs epochs as they finish: every epoch up to :data:`EPOCH_LINES` of them, else every k-th
+    (and the last), so a 40-epoch run says how it goes in 10 lines rather than 40.
+    """
     logger, epochs = get_run_logger(), job.config.method_config(job.method).train.epochs
+    every = -(-epochs // EPOCH_LINES)
 
     def log_epoch(entry: dict[str, Any]) -> None:
-        logger.info("%s seed %d: epoch %d/%d, loss %.4f, val mAP %.4f", job.method, job.seed, entry["epoch"] + 1,
-                    epochs, entry.get("total", float("nan")), entry["val_score"])
+        done = entry["epoch"] + 1
+        if done % every == 0 or done == epochs:
+            logger.info("%s seed %d: epoch %d/%d, loss %.4f, val mAP %.4f", job.method, job.seed, done, epochs,
+                        entry.get("total", float("nan")), entry["val_score"])
 
     result = run_one(job.method, job.seed, data, job.run_dir, config=job.config, progress=False, on_epoch=log_epoch)
     if not job.keep_resume_state:
