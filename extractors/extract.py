@@ -240,7 +240,7 @@ def extract_features(
             yield job
 
     count = total if total is not None else (len(jobs) if isinstance(jobs, Sized) else None)
-    with tqdm(total=count, desc="extract", unit="clip") as progress:
+    with tqdm(total=count, desc="extract", unit="clip", disable=None) as progress:  # None: off unless a terminal
         for job, loaded in prefetch(fresh(jobs), config.decode_workers, config.prefetch_clips):
             progress.update(1)
             failure = loaded if isinstance(loaded, Failure) else _media_failure(job, loaded)

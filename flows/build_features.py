@@ -22,44 +22,79 @@ and its final message says how many of the clips failed.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
-import threading
-from collections import Counter
-from dataclasses import dataclass, field, replace
-from functools import partial
+import sys
 from pathlib import Path
 
-import pandas as pd
-import pyarrow.parquet as pq
-from filelock import FileLock
-from prefect import flow, task
-from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
-                               update_progress_artifact)
-from prefect.futures import as_completed
-from prefect.runtime import task_run
-from prefect.states import Completed, Failed
-from prefect.tasks import exponential_backoff
-
-from extractors.extract import ClipJob, ExtractConfig, Extractors, extract_features
-from flows import PROJECT_ROOT
-from flows.common import (add_runner_arguments, digest, frame_digest, key_of, link_dir, results_dir,
-                          runner_from_arguments, short, source_digest, task_runner)
-from pipeline.acquire import AcquireConfig, acquire, availability_failures, available_sources, content_path
-from pipeline.atomic import atomic_path
-from pipeline.demo import LABELS_FILE, DemoConfig, write_demo
-from pipeline.digest import sha256_file
+from flows.common import VISUAL_MODELS, add_runner_arguments
 from pipeline.errors import add_debug_argument, user_errors
-from pipeline.failures import Failure, failures_frame, read_failures, write_failures
-from pipeline.folder import SplitConfig, build_folder_manifest
-from pipeline.inputs import check_build_features
-from pipeline.manifest_schema import manifest_root, read_manifest, write_manifest
-from pipeline.media import SegmentConfig, segment_clip
-from pipeline.source_index import SourceIndex
-from pipeline.youtube import TRANSIENT
 
-DEFAULT_OUT = PROJECT_ROOT / "outputs"
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's flags (light: runs before the heavy imports below, so ``--help`` is instant)."""
+    parser = argparse.ArgumentParser(prog="python -m flows.build_features",
+                                     description=__doc__.splitlines()[0].replace("``", ""))
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--manifest", type=Path, help="manifest Parquet file (default: the demo videos)")
+    source.add_argument("--demo-clips", type=int, default=120, help="demo clips to generate when no manifest is given")
+    parser.add_argument("--demo-seconds", type=float, default=10.0, help="length of each demo clip")
+    parser.add_argument("--out", type=Path, help="output root (default: $HSCMAE_OUTPUTS, else ./outputs)")
+    parser.add_argument("--clips-per-shard", type=int, default=16)
+    parser.add_argument("--weights", choices=("published", "random"), default="published",
+                        help="extractor weights: the published files (torch hub cache) or random (flagged as such)")
+    parser.add_argument("--audio-weights", help="VGGish weights file (overrides --weights)")
+    parser.add_argument("--visual-weights", help="visual model weights file (overrides --weights)")
+    parser.add_argument("--visual-model", default="resnet50", choices=VISUAL_MODELS, help="frame extractor")
+    parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
+    parser.add_argument("--root", type=Path, help="folder that relative file sources are relative to")
+    parser.add_argument("--archive", type=Path, help="zip or folder holding archive sources")
+    add_runner_arguments(parser)
+    add_debug_argument(parser)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":  # --help and argument errors answer before torch, pandas and Prefect load
+    parse_arguments()
+
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import threading  # noqa: E402
+from collections import Counter  # noqa: E402
+from dataclasses import dataclass, field, replace  # noqa: E402
+from functools import partial  # noqa: E402
+
+from typing import Annotated  # noqa: E402
+
+import pandas as pd  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+from filelock import FileLock  # noqa: E402
+from prefect import flow, task  # noqa: E402
+from pydantic import Field  # noqa: E402
+from pydantic.json_schema import SkipJsonSchema  # noqa: E402
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact  # noqa: E402
+from prefect.futures import PrefectFuture, as_completed  # noqa: E402
+from prefect.runtime import task_run  # noqa: E402
+from prefect.states import Completed, Failed  # noqa: E402
+from prefect.tasks import exponential_backoff  # noqa: E402
+
+from extractors.extract import ClipJob, ExtractConfig, Extractors, extract_features  # noqa: E402
+from flows.params import AcquireSettings, DemoSettings, ExtractSettings, SegmentSettings  # noqa: E402
+from flows.progress import Progress  # noqa: E402
+from flows.common import (apply_verbosity, digest, frame_digest, key_of, link_dir, output_root,  # noqa: E402
+                          results_dir, runner_from_arguments, short, source_digest, task_runner)
+from pipeline.acquire import (AcquireConfig, acquire, availability_failures, available_sources,  # noqa: E402
+                              content_path)
+from pipeline.atomic import atomic_path  # noqa: E402
+from pipeline.demo import LABELS_FILE, DemoConfig, write_demo  # noqa: E402
+from pipeline.digest import sha256_file  # noqa: E402
+from pipeline.failures import Failure, failures_frame, read_failures, write_failures  # noqa: E402
+from pipeline.folder import SplitConfig, build_folder_manifest  # noqa: E402
+from pipeline.inputs import check_build_features  # noqa: E402
+from pipeline.manifest_schema import manifest_root, read_manifest, write_manifest  # noqa: E402
+from pipeline.media import SegmentConfig, segment_clip  # noqa: E402
+from pipeline.source_index import SourceIndex  # noqa: E402
+from pipeline.youtube import TRANSIENT  # noqa: E402
+
 ACQUIRE_CODE = ("pipeline.acquire", "pipeline.youtube")
 EXTRACT_CODE = ("pipeline.media", "pipeline.decode", "extractors")
 DEMO_CODE = ("pipeline.demo",)
@@ -174,14 +209,15 @@ def shard_done(job: ExtractJob) -> bool:
 
 # --- tasks ------------------------------------------------------------------------------------
 
-@task(name="demo-videos", cache_policy=key_of("key"), persist_result=True)
+@task(name="demo-videos", task_run_name="demo-videos", cache_policy=key_of("key"), persist_result=True)
 def demo_videos(key: str, clips: int, config: DemoConfig, folder: Path) -> Path:
     """Write the demo clips (real MP4s) under ``folder`` and return it."""
     write_demo(folder, clips, config=config)
     return folder
 
 
-@task(name="acquire-shard", retries=ACQUIRE_RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=10),
+@task(name="acquire-shard", task_run_name="acquire-shard-{job.index:05d}", retries=ACQUIRE_RETRIES,
+      retry_delay_seconds=exponential_backoff(backoff_factor=10),
       retry_jitter_factor=0.5, cache_policy=key_of("job"), persist_result=True)
 def acquire_shard(job: AcquireJob) -> pd.DataFrame:
     """Make the shard's sources local; raises (so Prefect retries) while network failures remain."""
@@ -194,7 +230,8 @@ def acquire_shard(job: AcquireJob) -> pd.DataFrame:
     return availability
 
 
-@task(name="extract-shard", cache_policy=key_of("job"), persist_result=True)
+@task(name="extract-shard", task_run_name="extract-shard-{job.index:05d}", cache_policy=key_of("job"),
+      persist_result=True)
 def extract_shard(job: ExtractJob, availability: pd.DataFrame) -> ShardOutcome:
     """Segment and extract the shard's clips into one Parquet shard, unless it is already on disk."""
     obtained = availability_failures(availability)
@@ -239,6 +276,22 @@ def _manifest(manifest: Path | None, demo: DemoConfig, demo_clips: int, out: Pat
     return built.frame, "demo"
 
 
+def watch_shards(futures: list[PrefectFuture[ShardOutcome]], *, clips: int) -> None:
+    """As shards finish: "shards k/N, clips k/M, failed F" in a progress artifact and a terminal bar."""
+    progress = Progress(len(futures), key="build-features-progress",
+                        text=f"shards 0/{len(futures)}, clips 0/{clips}, failed 0", unit="shard")
+    shards = done = failed = 0
+    try:
+        for future in as_completed(futures):
+            shards += 1
+            if not future.state.is_failed():
+                outcome = future.result()
+                done, failed = done + outcome.clips, failed + outcome.clips - outcome.extracted
+            progress.update(shards, f"shards {shards}/{len(futures)}, clips {done}/{clips}, failed {failed}")
+    finally:
+        progress.close()
+
+
 def _summary(outcome: FeatureSetOutcome, extract: ExtractConfig) -> str:
     weights = {name: getattr(extract, name) or "published" for name in ("audio_weights", "visual_weights")}
     random_note = " **Random extractor weights: these features say nothing about real performance.**" \
@@ -253,26 +306,31 @@ def _summary(outcome: FeatureSetOutcome, extract: ExtractConfig) -> str:
 
 @flow(name="build-features", log_prints=True, task_runner=task_runner("thread"))
 def build_features(
-    manifest: Path | None = None,
-    demo_clips: int = 120,
-    demo: DemoConfig = DemoConfig(),
-    out: Path = DEFAULT_OUT,
-    clips_per_shard: int = 16,
-    acquire_config: AcquireConfig = AcquireConfig(),
-    segment: SegmentConfig = SegmentConfig(),
-    extract: ExtractConfig = ExtractConfig(),
+    manifest: Path | SkipJsonSchema[None] = None,
+    demo_clips: Annotated[int, Field(ge=1, le=100_000)] = 120,
+    demo: DemoSettings = DemoSettings(),
+    out: Path | SkipJsonSchema[None] = None,
+    clips_per_shard: Annotated[int, Field(ge=1, le=100_000)] = 16,
+    acquire_config: AcquireSettings = AcquireSettings(),
+    segment: SegmentSettings = SegmentSettings(),
+    extract: ExtractSettings = ExtractSettings(),
 ) -> FeatureSetOutcome:
     """Build a feature set from ``manifest`` (or ``demo_clips`` generated demo videos) under ``out``.
 
     Args:
-        manifest: a manifest Parquet file (``pipeline.manifest``); None builds the demo videos.
-        demo_clips: number of demo clips when ``manifest`` is None; ``demo`` shapes them.
-        out: output root: ``features/<key>/`` (shards, failures, summary), ``media/``, ``demo/``.
+        manifest: a manifest Parquet file (``pipeline.manifest``); empty builds the demo videos.
+        demo_clips: number of demo clips when ``manifest`` is empty; ``demo`` shapes them.
+        out: output root (empty: ``$HSCMAE_OUTPUTS``, else ``./outputs``): ``features/<key>/``, ``media/``, ``demo/``.
         clips_per_shard: manifest rows per task and per shard.
-        acquire_config: where sources are read from; its ``cache_dir`` is replaced by ``out/media/<key>``.
-        segment, extract: segmentation and extraction settings (weights: a path, None = published, "random").
+        acquire_config: where sources are read from (downloads go to ``out/media/<key>``).
+        segment, extract: segmentation and extraction settings (weights: a path, empty = published, "random").
     """
-    out = Path(out).resolve()
+    out = output_root(out)
+    demo, segment = demo.to_config(), segment.to_config()
+    extract, acquire_config = extract.to_config(clips_per_shard), acquire_config.to_config(Path("."))
+    if manifest is None:
+        create_progress_artifact(0.0, key="build-features-progress",
+                                 description=f"generating {demo_clips} demo videos; shards follow")
     frame, dataset = _manifest(manifest, demo, demo_clips, out)
     set_key = digest("features", frame_digest(frame), clips_per_shard, segment, extract_cache_config(extract),
                      source_digest(*EXTRACT_CODE))
@@ -307,9 +365,7 @@ def build_features(
         # a shard changed or damaged on disk is rebuilt, whatever Prefect's cache says
         futures.append(extract_task.with_options(refresh_cache=not shard_done(job)).submit(job, availability))
 
-    progress = create_progress_artifact(0.0, key="build-features-progress", description="shards finished")
-    for done, future in enumerate(as_completed(futures), start=1):
-        update_progress_artifact(progress, 100.0 * done / len(futures))
+    watch_shards(futures, clips=len(frame))
     outcomes = [f.result() for f in futures]  # in shard order
     fresh = [o for o, f in zip(outcomes, futures) if f.state.name != "Cached"]
     failures = [f for o in outcomes for f in o.failures]
@@ -344,26 +400,8 @@ def weights_config(args: argparse.Namespace) -> ExtractConfig:
 
 
 def main(argv: list[str] | None = None) -> FeatureSetOutcome:
-    parser = argparse.ArgumentParser(prog="python -m flows.build_features",
-                                     description=__doc__.splitlines()[0].replace("``", ""))
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--manifest", type=Path, help="manifest Parquet file (default: the demo videos)")
-    source.add_argument("--demo-clips", type=int, default=120, help="demo clips to generate when no manifest is given")
-    parser.add_argument("--demo-seconds", type=float, default=DemoConfig.seconds, help="length of each demo clip")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output root")
-    parser.add_argument("--clips-per-shard", type=int, default=16)
-    parser.add_argument("--weights", choices=("published", "random"), default="published",
-                        help="extractor weights: the published files (torch hub cache) or random (flagged as such)")
-    parser.add_argument("--audio-weights", help="VGGish weights file (overrides --weights)")
-    parser.add_argument("--visual-weights", help="visual model weights file (overrides --weights)")
-    parser.add_argument("--visual-model", default=ExtractConfig.visual_model,
-                        help="resnet50, resnet152, vit_b16, vit_s16")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--root", type=Path, help="folder that relative file sources are relative to")
-    parser.add_argument("--archive", type=Path, help="zip or folder holding archive sources")
-    add_runner_arguments(parser)
-    add_debug_argument(parser)
-    args = parser.parse_args(argv)
+    args = parse_arguments(argv)
+    apply_verbosity(args)
     with user_errors(args.debug):
         check_build_features(args.manifest, root=args.root, archive=args.archive, clips_per_shard=args.clips_per_shard,
                              demo_clips=args.demo_clips, demo_seconds=args.demo_seconds)
@@ -377,4 +415,4 @@ if __name__ == "__main__":
     # run the importable module's copy, so Dask workers can unpickle its tasks by reference
     from flows.build_features import main as module_main
 
-    module_main()
+    module_main(sys.argv[1:])

@@ -12,22 +12,27 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
-import pandas as pd
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
-from prefect.cache_policies import CacheKeyFnPolicy, CachePolicy
-from prefect.context import TaskRunContext
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+if TYPE_CHECKING:  # imported where used, so a CLI's --help answers before pandas and Prefect load
+    import pandas as pd
+    from prefect.cache_policies import CachePolicy
+    from prefect.context import TaskRunContext
+    from prefect.task_runners import TaskRunner
 
-from pipeline.digest import sha256_file
-
+OUTPUTS_ENV = "HSCMAE_OUTPUTS"  # the output root, when no flag names one
+VISUAL_MODELS = ("resnet50", "resnet152", "vit_b16", "vit_s16")  # extractors.visual's frame extractors
 KEY_LENGTH = 16  # hex characters of a sha256 used in directory names
 RESULTS_DIR = ".prefect-results"  # per-output-root Prefect result and cache records
+DASK_LOGGING_ENV = "DASK_LOGGING__DISTRIBUTED"  # Dask's log level (flows/__init__ sets "warning")
+FILES_URL_ENV = "HSCMAE_FILES_URL"  # base URL of the local file server (set by `flows.local up`)
+FILES_ROOT_ENV = "HSCMAE_FILES_ROOT"  # the folder it serves
 
 
 def _plain(value: Any) -> Any:
@@ -47,6 +52,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def output_root(out: str | os.PathLike[str] | None = None) -> Path:
+    """The one folder every output goes under: ``out``, else ``$HSCMAE_OUTPUTS``, else ``./outputs``.
+
+    Layout (docs/outputs.md): ``demo/`` generated videos, ``media/`` acquired sources,
+    ``features/<key>/`` feature sets, ``data/`` generated feature sets, ``runs/run-<key>/``
+    training runs, ``locks/`` per-shard file locks, ``.prefect-results/`` Prefect's cache records.
+    """
+    return Path(out if out is not None else os.environ.get(OUTPUTS_ENV) or "outputs").resolve()
+
+
 def digest(*parts: Any) -> str:
     """sha256 (hex) of ``parts`` as canonical JSON; dataclasses, models, paths and numpy scalars allowed."""
     text = json.dumps([_plain(p) for p in parts], sort_keys=True, default=str, allow_nan=True)
@@ -61,6 +76,8 @@ def frame_digest(frame: pd.DataFrame) -> str:
 
 def files_digest(paths: Iterable[str | os.PathLike[str]]) -> str:
     """sha256 over the bytes of ``paths`` (in the given order), e.g. every shard of a feature set."""
+    from pipeline.digest import sha256_file
+
     return digest([sha256_file(p) for p in paths])
 
 
@@ -92,6 +109,7 @@ def short(key: str) -> str:
 
 def key_of(parameter: str) -> CachePolicy:
     """A cache policy whose key is the task's ``parameter``: a key string, or a job with a ``key``."""
+    from prefect.cache_policies import CacheKeyFnPolicy
 
     def cache_key(_: TaskRunContext, inputs: dict[str, Any]) -> str:
         value = inputs[parameter]
@@ -109,16 +127,35 @@ def results_dir(out_root: str | os.PathLike[str]) -> Path:
     return Path(out_root).resolve() / RESULTS_DIR
 
 
+def file_url(path: Path) -> str:
+    """A browser link to ``path``: through the local file server when it serves ``path``, else ``file://``.
+
+    ``python -m flows.local up`` serves the output root read-only over http and tells the worker
+    where (:data:`FILES_URL_ENV`, :data:`FILES_ROOT_ENV`): browsers refuse ``file://`` links from
+    an http page, so links under that root point at the server.
+    """
+    path = Path(path).resolve()
+    base, root = os.environ.get(FILES_URL_ENV), os.environ.get(FILES_ROOT_ENV)
+    if base and root and path.is_relative_to(Path(root).resolve()):
+        relative = path.relative_to(Path(root).resolve()).as_posix()
+        return base.rstrip("/") + "/" + quote(relative) + ("/" if path.is_dir() and relative else "")
+    return path.as_uri()
+
+
 def link_files(paths: Iterable[Path], *, key: str, title: str) -> None:
-    """One Markdown artifact listing ``paths`` as ``file://`` links (plots, tables, logs)."""
+    """One Markdown artifact linking ``paths`` (plots, tables, logs); see :func:`file_url`."""
+    from prefect.artifacts import create_markdown_artifact
+
     lines = [f"## {title}", ""]
-    lines += [f"- [{p.name}]({p.resolve().as_uri()})" for p in paths]
+    lines += [f"- [{p.name}]({file_url(p)})" for p in paths]
     create_markdown_artifact(markdown="\n".join(lines), key=key, description=title)
 
 
 def link_dir(path: Path, *, key: str, text: str) -> None:
-    """A link artifact to a local directory (a run or a feature set)."""
-    create_link_artifact(link=path.resolve().as_uri(), link_text=text, key=key, description=text)
+    """A link artifact to a local directory (a run or a feature set); see :func:`file_url`."""
+    from prefect.artifacts import create_link_artifact
+
+    create_link_artifact(link=file_url(path), link_text=text, key=key, description=text)
 
 
 def add_runner_arguments(parser: argparse.ArgumentParser, *, threads: int = 2) -> None:
@@ -128,6 +165,18 @@ def add_runner_arguments(parser: argparse.ArgumentParser, *, threads: int = 2) -
     parser.add_argument("--dask-address", help="scheduler address (tcp://host:8786); default: a local cluster")
     parser.add_argument("--dask-workers", type=int, default=2, help="workers of the local Dask cluster")
     parser.add_argument("--threads", type=int, default=threads, help="task threads of the thread runner")
+    add_verbose_argument(parser)
+
+
+def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
+    """``--verbose``: show Dask's INFO messages (hidden by default, see :mod:`flows`)."""
+    parser.add_argument("--verbose", action="store_true", help="also show Dask's INFO messages")
+
+
+def apply_verbosity(args: argparse.Namespace) -> None:
+    """Let Dask (here and in its worker processes) log INFO when ``--verbose`` was given."""
+    if args.verbose:
+        os.environ[DASK_LOGGING_ENV] = "info"
 
 
 def task_runner(kind: str = "thread", *, address: str | None = None, workers: int = 2,
@@ -137,16 +186,40 @@ def task_runner(kind: str = "thread", *, address: str | None = None, workers: in
     Dask runs on the scheduler at ``address``, or on a local cluster of ``workers``
     single-threaded worker processes bound to 127.0.0.1 (its dashboard on a free port).
     """
+    from prefect.task_runners import ThreadPoolTaskRunner
+
     if kind == "thread":
         return ThreadPoolTaskRunner(max_workers=threads)
     if kind != "dask":
         raise ValueError(f"task runner must be 'thread' or 'dask', got {kind!r}")
     from prefect_dask import DaskTaskRunner  # imported only when asked for
 
+    if os.environ.get(DASK_LOGGING_ENV) != "info":
+        # at shutdown a nanny gives its worker 4 s, then kills it and warns; nothing to act on
+        logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
+
     if address:
         return DaskTaskRunner(address=address)
+    share_server_with_workers()
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
                                           "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"})
+
+
+def share_server_with_workers() -> None:
+    """Point local Dask workers (they inherit the environment) at this process's Prefect API.
+
+    With no ``PREFECT_API_URL`` this is Prefect's temporary server (started here if need be);
+    otherwise every worker process would start a temporary server of its own and report there.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value() or os.environ.get("PREFECT_API_URL"):
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
 
 
 def runner_from_arguments(args: argparse.Namespace) -> TaskRunner:

@@ -11,18 +11,11 @@ that the path works end to end, not how well the method does on real data.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from prefect import flow
-
-from extractors.extract import ExtractConfig
-from flows.build_features import DEFAULT_OUT, build_features
-from flows.common import task_runner
-from flows.train_eval import TrainEvalOutcome, train_eval
-from hscmae.experiment import ExperimentConfig
-from pipeline.demo import DemoConfig
+from flows.common import VISUAL_MODELS, add_verbose_argument, apply_verbosity
 from pipeline.errors import add_debug_argument, user_errors
-from pipeline.inputs import check_demo
 
 DEMO_CLIPS = 180  # 80 train, 40 val, 60 test
 DEMO_SECONDS = 5.0
@@ -33,55 +26,79 @@ DEMO_BATCH_SIZE = 16
 DEMO_EPOCHS = 60
 
 
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's flags (light: runs before the heavy imports below, so ``--help`` is instant)."""
+    parser = argparse.ArgumentParser(prog="python -m flows.demo",
+                                     description=__doc__.splitlines()[0].replace("``", ""))
+    parser.add_argument("--clips", type=int, default=DEMO_CLIPS, help="demo clips to generate")
+    parser.add_argument("--seconds", type=float, default=DEMO_SECONDS, help="length of each demo clip")
+    parser.add_argument("--visual-model", default="resnet50", choices=VISUAL_MODELS, help="frame extractor")
+    parser.add_argument("--seeds", nargs="+", type=int, default=DEMO_SEEDS)
+    parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help="epochs of every trainable method")
+    parser.add_argument("--batch-size", type=int, default=DEMO_BATCH_SIZE, help="batch size of every trainable method")
+    parser.add_argument("--out", type=Path, help="output root (default: $HSCMAE_OUTPUTS, else ./outputs)")
+    parser.add_argument("--runs-root", default="runs", help="where the run directory goes, under the output root")
+    add_verbose_argument(parser)
+    add_debug_argument(parser)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":  # --help and argument errors answer before torch, pandas and Prefect load
+    parse_arguments()
+
+from typing import Annotated  # noqa: E402
+
+from prefect import flow  # noqa: E402
+from pydantic import Field  # noqa: E402
+from pydantic.json_schema import SkipJsonSchema  # noqa: E402
+
+from flows.build_features import build_features  # noqa: E402
+from flows.common import output_root, task_runner  # noqa: E402
+from flows.params import DemoSettings, ExperimentSettings, ExtractSettings, Seed, VisualModel  # noqa: E402
+from flows.train_eval import TrainEvalOutcome, train_eval  # noqa: E402
+from pipeline.inputs import check_demo  # noqa: E402
+
+
 @flow(name="demo", log_prints=True)
 def demo(
-    clips: int = DEMO_CLIPS,
-    seconds: float = DEMO_SECONDS,
-    visual_model: str = "resnet50",
-    seeds: list[int] = DEMO_SEEDS,
-    epochs: int = DEMO_EPOCHS,
-    batch_size: int = DEMO_BATCH_SIZE,
-    out: Path = DEFAULT_OUT,
+    clips: Annotated[int, Field(ge=10, le=100_000)] = DEMO_CLIPS,
+    seconds: Annotated[float, Field(gt=0.0, le=600.0)] = DEMO_SECONDS,
+    visual_model: VisualModel = "resnet50",
+    seeds: Annotated[list[Seed], Field(min_length=1, max_length=100)] = DEMO_SEEDS,
+    epochs: Annotated[int, Field(ge=1, le=10_000)] = DEMO_EPOCHS,
+    batch_size: Annotated[int, Field(ge=1, le=65_536)] = DEMO_BATCH_SIZE,
+    out: Path | SkipJsonSchema[None] = None,
     runs_root: str = "runs",
 ) -> TrainEvalOutcome:
     """Build features of ``clips`` demo videos with random extractor weights, then train and evaluate.
 
     Args:
         clips, seconds: how many demo clips, and how long each one is.
-        visual_model: the frame extractor (``resnet50``, ``resnet152``, ``vit_b16``, ``vit_s16``).
+        visual_model: the frame extractor.
         seeds: seeds of every method.
         epochs, batch_size: the training budget of every trainable method (the demo's own, see above).
-        out, runs_root: where the feature set and the run directory go.
+        out, runs_root: the output root (empty: ``$HSCMAE_OUTPUTS``, else ``./outputs``), and the runs under it.
     """
+    out = output_root(out)
     features = build_features(
-        demo_clips=clips, demo=DemoConfig(seconds=seconds), out=out,
-        extract=ExtractConfig(visual_model=visual_model, audio_weights="random", visual_weights="random"))
+        demo_clips=clips, demo=DemoSettings(seconds=seconds), out=out,
+        extract=ExtractSettings(visual_model=visual_model, audio_weights="random", visual_weights="random"))
     # methods x seeds on two single-threaded Dask worker processes: parallel, yet reproducible
     # (threads of one process would share torch's RNG; see flows.train_eval)
     parallel = train_eval.with_options(task_runner=task_runner("dask", workers=2))
-    return parallel(ExperimentConfig(shards=str(features.shards), seeds=list(seeds), epochs=epochs,
-                                     batch_size=batch_size, runs_root=runs_root, model_preset="demo"))
+    return parallel(ExperimentSettings(shards=str(features.shards), seeds=list(seeds), epochs=epochs,
+                                       batch_size=batch_size, runs_root=str(out / runs_root), model_preset="demo"))
 
 
 def main(argv: list[str] | None = None) -> TrainEvalOutcome:
-    parser = argparse.ArgumentParser(prog="python -m flows.demo",
-                                     description=__doc__.splitlines()[0].replace("``", ""))
-    parser.add_argument("--clips", type=int, default=DEMO_CLIPS, help="demo clips to generate")
-    parser.add_argument("--seconds", type=float, default=DEMO_SECONDS, help="length of each demo clip")
-    parser.add_argument("--visual-model", default="resnet50", help="resnet50, resnet152, vit_b16, vit_s16")
-    parser.add_argument("--seeds", nargs="+", type=int, default=DEMO_SEEDS)
-    parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help="epochs of every trainable method")
-    parser.add_argument("--batch-size", type=int, default=DEMO_BATCH_SIZE, help="batch size of every trainable method")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output root of build-features")
-    parser.add_argument("--runs-root", default="runs", help="where the run directory goes")
-    add_debug_argument(parser)
-    args = parser.parse_args(argv)
+    args = parse_arguments(argv)
+    apply_verbosity(args)
     with user_errors(args.debug):
         check_demo(args.clips, args.seconds, args.seeds, args.epochs)
     outcome = demo(
         clips=args.clips, seconds=args.seconds, visual_model=args.visual_model, seeds=args.seeds,
         epochs=args.epochs, batch_size=args.batch_size, out=args.out, runs_root=args.runs_root)
-    print(f"\n{outcome.table}\nRun directory: {outcome.run_dir}")
+    # train-eval has logged the table and the run directory
     print(f"Retrieval page: {(outcome.run_dir / 'retrieval.html').resolve()}")
     return outcome
 
@@ -89,4 +106,4 @@ def main(argv: list[str] | None = None) -> TrainEvalOutcome:
 if __name__ == "__main__":
     from flows.demo import main as module_main  # the importable module's copy, as the other flows do
 
-    module_main()
+    module_main(sys.argv[1:])

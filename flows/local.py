@@ -1,17 +1,25 @@
 """Start and stop a local Prefect stack: server (127.0.0.1), process work pool, deployments, worker.
 
-    python -m flows.local up      # server + pool + deployments (prefect.yaml) + worker
-    python -m flows.local down    # stop what ``up`` started
+    python -m flows.local up      # server + pool + deployments (prefect.yaml) + worker + file server
+    python -m flows.local down    # cancel in-flight flow runs, then stop what ``up`` started
+
+``up`` also serves the output root (``--out``, else ``$HSCMAE_OUTPUTS``, else ``./outputs``)
+read-only over http on 127.0.0.1 (``flows.files``), and tells the worker where, so the
+artifacts' links to plots and tables open from the UI.
 
 Everything lives in the project-local Prefect home (``.prefect/``): the SQLite database,
-and under ``.prefect/local/`` the pid files and logs of the server and the worker. Every
-process is started from an argument list in its own session, so ``down`` stops each one
-together with the flow runs it spawned, and nothing else.
+and under ``.prefect/local/`` the pid files and logs of the server, the file server and the
+worker. Every process is started from an argument list in its own session, so ``down`` stops
+each one and nothing else. Flow runs get sessions of their own from the worker, so ``down``
+first sets them Cancelling (their processes stop) and Cancelled, rather than leaving them
+"Running" forever in the UI.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import os
 import signal
 import socket
@@ -23,11 +31,13 @@ import urllib.request
 from pathlib import Path
 
 from flows import PROJECT_ROOT
+from flows.common import FILES_ROOT_ENV, FILES_URL_ENV, OUTPUTS_ENV, output_root
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
 WORK_POOL = "local-process"
-PROCESSES = ("worker", "server")  # stop order: the worker first, so no run is left orphaned
+PROCESSES = ("worker", "files", "server")  # stop order: the worker first, so no run is left orphaned
+IN_FLIGHT = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")
 
 
 def state_dir() -> Path:
@@ -40,9 +50,16 @@ def api_url(port: int) -> str:
     return f"http://{HOST}:{port}/api"
 
 
-def stack_env(port: int) -> dict[str, str]:
-    """The environment for the server, the CLI calls and the worker: project home, local API."""
-    return {**os.environ, "PREFECT_HOME": os.environ["PREFECT_HOME"], "PREFECT_API_URL": api_url(port)}
+def stack_env(port: int, files_port: int | None = None, out: Path | None = None) -> dict[str, str]:
+    """The environment for the server, the CLI calls and the worker: project home, local API, file server."""
+    env = {**os.environ, "PREFECT_HOME": os.environ["PREFECT_HOME"], "PREFECT_API_URL": api_url(port),
+           # the worker kills the process of a run set Cancelling (off by default in Prefect 3.9), and
+           # looks for cancellations and new runs every 2 s rather than every 120 s and 10 s
+           "PREFECT_WORKER_ENABLE_CANCELLATION": "true", "PREFECT_WORKER_CANCELLATION_POLL_SECONDS": "2",
+           "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    if files_port is not None and out is not None:
+        env |= {OUTPUTS_ENV: str(out), FILES_ROOT_ENV: str(out), FILES_URL_ENV: f"http://{HOST}:{files_port}/"}
+    return env
 
 
 def _prefect(*args: str) -> list[str]:
@@ -65,7 +82,7 @@ def _ours(pid: int) -> bool:
     if not cmdline.parent.exists():  # no procfs: trust the pid file
         return _alive(pid)
     try:
-        return b"prefect" in cmdline.read_bytes()
+        return b"prefect" in cmdline.read_bytes() or b"flows.files" in cmdline.read_bytes()
     except OSError:
         return False
 
@@ -117,52 +134,106 @@ def _run(command: list[str], env: dict[str, str]) -> None:
         raise RuntimeError(f"{' '.join(command[2:])} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
 
 
-def up(port: int = DEFAULT_PORT) -> None:
-    """Start the server, create the work pool, apply ``prefect.yaml``'s deployments, start a worker."""
-    env = stack_env(port)
+def _port_free(port: int) -> None:
+    with socket.socket() as probe:
+        if probe.connect_ex((HOST, port)) == 0:
+            raise RuntimeError(f"{HOST}:{port} is already in use; pick another with --port / --files-port")
+
+
+def up(port: int = DEFAULT_PORT, files_port: int | None = None, out: Path | None = None) -> None:
+    """Start the server, create the work pool, apply ``prefect.yaml``'s deployments, start the file server
+    over the output root ``out`` on ``files_port`` (default ``port + 1``) and a worker."""
+    files_port = port + 1 if files_port is None else files_port
+    out = output_root(out)
+    env = stack_env(port, files_port, out)
     if _read_pid("server") is not None:
         raise RuntimeError(f"a server started by flows.local is already running (pid file in {state_dir()}); "
                            "run `python -m flows.local down` first")
-    with socket.socket() as probe:
-        if probe.connect_ex((HOST, port)) == 0:
-            raise RuntimeError(f"{HOST}:{port} is already in use; pick another with --port")
+    _port_free(port)
+    _port_free(files_port)
+    out.mkdir(parents=True, exist_ok=True)
     pid = _start("server", _prefect("server", "start", "--host", HOST, "--port", str(port)), env)
     print(f"server: pid {pid}, log {state_dir() / 'server.log'}")
-    wait_healthy(port, pid=pid)
+    (state_dir() / "stack.json").write_text(json.dumps({"api": api_url(port), "files": env[FILES_URL_ENV]}))
+    pid = _start("files", [sys.executable, "-m", "flows.files", "--root", str(out), "--port", str(files_port)], env)
+    print(f"files: pid {pid}, {out} read-only at {env[FILES_URL_ENV]}")
+    wait_healthy(port, pid=_read_pid("server"))
     _run(_prefect("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"), env)
     _run(_prefect("--no-prompt", "deploy", "--all", "--prefect-file", str(PROJECT_ROOT / "prefect.yaml")), env)
     pid = _start("worker", _prefect("worker", "start", "--pool", WORK_POOL), env)
     print(f"worker: pid {pid}, log {state_dir() / 'worker.log'}")
-    print(f"\nUI: http://{HOST}:{port}\n\nIn your shell:\n"
+    prefect = Path(sys.executable).parent / "prefect"
+    print(f"\nUI: http://{HOST}:{port}   outputs: {env[FILES_URL_ENV]}\n\nIn your shell:\n"
           f"  export PREFECT_HOME={env['PREFECT_HOME']} PREFECT_API_URL={env['PREFECT_API_URL']}\n"
-          "  prefect deployment run build-features/demo\n"
-          "  prefect deployment run train-eval/demo\n")
+          f"  {prefect} deployment run build-features/demo\n"
+          f"  {prefect} deployment run train-eval/demo\n")
+
+
+def cancel_in_flight(api: str, timeout_s: float = 10.0) -> list[str]:
+    """Ask the worker to cancel every flow run not yet final; force Cancelled where it did not. Returns their names.
+
+    A running run is moved to Cancelling, on which its process stops itself (and the worker kills
+    it); one whose state is still not final after ``timeout_s`` is set Cancelled outright.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Cancelled, Cancelling
+
+    with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        in_flight = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+            any_=[StateType[name] for name in IN_FLIGHT])))
+        runs = client.read_flow_runs(flow_run_filter=in_flight)
+        for run in runs:
+            state = Cancelling() if run.state and run.state.is_running() else Cancelled()
+            client.set_flow_run_state(run.id, state, force=True)
+        deadline = time.monotonic() + timeout_s
+        while client.read_flow_runs(flow_run_filter=in_flight) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for run in client.read_flow_runs(flow_run_filter=in_flight):
+            client.set_flow_run_state(run.id, Cancelled(message="stopped by `flows.local down`"), force=True)
+    return [run.name for run in runs]
+
+
+def _stop(name: str, timeout_s: float) -> None:
+    pid = _read_pid(name)
+    if pid is None:
+        print(f"{name}: not running")
+        return
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+    (state_dir() / f"{name}.pid").unlink(missing_ok=True)
+    print(f"{name}: stopped (pid {pid})")
 
 
 def down(timeout_s: float = 20.0) -> None:
-    """Stop the worker (and its flow runs), then the server: SIGTERM, then SIGKILL after ``timeout_s``."""
+    """Cancel in-flight flow runs, then stop the worker, the file server and the server (SIGTERM, then
+    SIGKILL after ``timeout_s``)."""
+    stack = state_dir() / "stack.json"
+    if _read_pid("server") is not None and stack.is_file():
+        cancelled = cancel_in_flight(json.loads(stack.read_text())["api"])
+        print(f"cancelled {len(cancelled)} flow run(s) in flight{': ' + ', '.join(cancelled) if cancelled else ''}")
     for name in PROCESSES:
-        pid = _read_pid(name)
-        if pid is None:
-            print(f"{name}: not running")
-            continue
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-        (state_dir() / f"{name}.pid").unlink(missing_ok=True)
-        print(f"{name}: stopped (pid {pid})")
+        _stop(name, timeout_s)
+    stack.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.local", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("up", "down"))
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="server port on 127.0.0.1")
+    parser.add_argument("--files-port", type=int, help="port of the output file server (default: --port + 1)")
+    parser.add_argument("--out", type=Path, help="output root to serve (default: $HSCMAE_OUTPUTS, else ./outputs)")
     args = parser.parse_args(argv)
+    if importlib.util.find_spec("prefect") is None:
+        parser.exit(2, f"error: {sys.executable}: this Python has no Prefect; use the project's .venv/bin/python\n")
     if args.command == "up":
-        up(args.port)
+        up(args.port, args.files_port, args.out)
     else:
         down()
 

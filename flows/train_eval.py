@@ -15,23 +15,62 @@ the results table and links to the plots are artifacts of the flow run.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from dataclasses import dataclass
+import sys
 from pathlib import Path
 
-import yaml
-from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
-
-from flows.common import (add_runner_arguments, digest, files_digest, key_of, link_dir, link_files, results_dir,
-                          runner_from_arguments, short, source_digest, task_runner)
-from hscmae.experiment import ExperimentConfig, MethodResult, PreparedData, load_config, prepare, run_one, summarise
-from hscmae.synthetic import SyntheticConfig, write_synthetic
+from flows.common import add_runner_arguments
 from pipeline.errors import add_debug_argument, named_errors, user_errors
-from pipeline.inputs import check_train_eval
-from pipeline.shards import shard_paths
 
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's flags (light: runs before the heavy imports below, so ``--help`` is instant)."""
+    parser = argparse.ArgumentParser(prog="python -m flows.train_eval",
+                                     description=__doc__.splitlines()[0].replace("``", ""))
+    parser.add_argument("--features", type=Path,
+                        help="feature shards (a folder or file); default: the built-in synthetic set")
+    parser.add_argument("--config", type=Path,
+                        help="experiment config, JSON or YAML: ExperimentConfig fields, including model (ModelConfig "
+                             "fields) and method_configs (per method: model/loss/train fields)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    parser.add_argument("--methods", nargs="+", help="methods to run (default: all)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 1 2)")
+    parser.add_argument("--epochs", type=int, help="override every trainable method's epochs")
+    parser.add_argument("--out", type=Path, help="output root (default: $HSCMAE_OUTPUTS, else ./outputs)")
+    parser.add_argument("--runs-root", help="where run directories go (default: runs, under the output root)")
+    parser.add_argument("--keep-resume-state", action="store_true",
+                        help="keep each finished method x seed's resume state (default: best checkpoint only)")
+    add_runner_arguments(parser, threads=1)
+    add_debug_argument(parser)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":  # --help and argument errors answer before torch, pandas and Prefect load
+    parse_arguments()
+
+import dataclasses  # noqa: E402
+import shutil  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
+import yaml  # noqa: E402
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.futures import PrefectFuture, as_completed  # noqa: E402
+from pydantic.json_schema import SkipJsonSchema  # noqa: E402
+
+from flows.params import ExperimentSettings  # noqa: E402
+from flows.progress import Progress  # noqa: E402
+from flows.common import (apply_verbosity, digest, files_digest, key_of, link_dir, link_files,  # noqa: E402
+                          output_root, results_dir, runner_from_arguments, short, source_digest, task_runner)
+from hscmae.checkpoint import EPOCH_DIR, LAST  # noqa: E402
+from hscmae.experiment import (ExperimentConfig, MethodResult, PreparedData, load_config, prepare,  # noqa: E402
+                               run_one, summarise)
+from pipeline.inputs import check_train_eval  # noqa: E402
+from hscmae.synthetic import SyntheticConfig, write_synthetic  # noqa: E402
+from pipeline.shards import shard_paths  # noqa: E402
+
+EPOCH_LINES = 10  # most per-epoch log lines of one method x seed
 TRAIN_CODE = ("hscmae", "pipeline.shards", "pipeline.splits")
 SYNTHETIC_CODE = ("hscmae.synthetic",)
 
@@ -45,6 +84,7 @@ class RunJob:
     seed: int
     run_dir: Path
     config: ExperimentConfig
+    keep_resume_state: bool = False
 
 
 @dataclass
@@ -56,13 +96,13 @@ class TrainEvalOutcome:
     task_states: dict[str, int]
 
 
-@task(name="synthetic-data", cache_policy=key_of("key"), persist_result=True)
+@task(name="synthetic-data", task_run_name="synthetic-data", cache_policy=key_of("key"), persist_result=True)
 def synthetic_data(key: str, config: SyntheticConfig, root: Path) -> Path:
     """Generate the built-in feature set (once; later runs find it on disk)."""
     return write_synthetic(config, root)
 
 
-@task(name="prepare-data", cache_policy=NO_CACHE, persist_result=False)
+@task(name="prepare-data", task_run_name="prepare-data", cache_policy=NO_CACHE, persist_result=False)
 def prepare_data(config: ExperimentConfig) -> PreparedData:
     """Load the shards, carve val from train if absent, pad each split."""
     return prepare(config)
@@ -71,15 +111,68 @@ def prepare_data(config: ExperimentConfig) -> PreparedData:
 @task(name="train-eval-method", task_run_name="{job.method}-seed{job.seed}", cache_policy=key_of("job"),
       persist_result=True)
 def train_method(job: RunJob, data: PreparedData) -> MethodResult:
-    """Train (or solve) one method with one seed, select on val, evaluate on test once."""
-    return run_one(job.method, job.seed, data, job.run_dir, config=job.config, progress=False)
+    """Train (or solve) one method with one seed, select on val, evaluate on test once.
+
+    Logs epochs as they finish: every epoch up to :data:`EPOCH_LINES` of them, else every k-th
+    (and the last), so a 40-epoch run says how it goes in 10 lines rather than 40.
+    """
+    logger, epochs = get_run_logger(), job.config.method_config(job.method).train.epochs
+    every = -(-epochs // EPOCH_LINES)
+
+    def log_epoch(entry: dict[str, Any]) -> None:
+        done = entry["epoch"] + 1
+        if done % every == 0 or done == epochs:
+            logger.info("%s seed %d: epoch %d/%d, loss %.4f, val mAP %.4f", job.method, job.seed, done, epochs,
+                        entry.get("total", float("nan")), entry["val_score"])
+
+    result = run_one(job.method, job.seed, data, job.run_dir, config=job.config, progress=False, on_epoch=log_epoch)
+    if not job.keep_resume_state:
+        drop_resume_state(Path(result.checkpoint).parent)
+    return result
 
 
-@task(name="summarise", cache_policy=key_of("key"), persist_result=True)
+def drop_resume_state(folder: Path) -> None:
+    """Remove a finished run's resume state (``last.json`` first, then ``epoch_NNNN/``); keep its best model."""
+    (folder / LAST).unlink(missing_ok=True)
+    for old in folder.iterdir():
+        if old.is_dir() and EPOCH_DIR.match(old.name):
+            shutil.rmtree(old)
+
+
+@task(name="summarise", task_run_name="summarise", cache_policy=key_of("key"), persist_result=True)
 def summarise_run(key: str, results: list[MethodResult], data: PreparedData, config: ExperimentConfig,
                   run_dir: Path) -> Path:
     """Write config, metrics, tables, plots and log into the run directory."""
     return summarise(results, data, config, run_dir)
+
+
+def finished_row(result: MethodResult) -> dict[str, Any]:
+    """One finished method x seed as a row of the filling-in results table (val selects, test reports)."""
+    return {"method": result.method, "seed": result.seed, "selected epoch": result.best_epoch,
+            "val mAP": round(result.val_score, 4),
+            **{f"test {name}": round(value, 4) for name, value in result.metrics.items()},
+            "seconds": round(result.seconds, 1)}
+
+
+def watch_runs(futures: list[PrefectFuture[MethodResult]]) -> None:
+    """As method x seed runs finish: a progress artifact, a results table that fills in, a terminal bar."""
+    total = len(futures)
+    progress = Progress(total, key="train-eval-progress", text=f"0 of {total} method x seed done",
+                        unit="run")
+    finished: list[MethodResult] = []
+    try:
+        for future in as_completed(futures):
+            if future.state.is_failed():
+                continue  # the flow raises on it after every run has finished
+            finished.append(future.result())
+            best = max(finished, key=lambda r: r.val_score)
+            progress.update(len(finished), f"{len(finished)} of {total} method x seed done; best on val so far: "
+                                           f"{best.method} seed {best.seed} (val mAP {best.val_score:.4f})")
+            create_table_artifact([finished_row(r) for r in finished], key="train-eval-finished",
+                                  description=f"finished method x seed runs ({len(finished)} of {total}); "
+                                              "test metrics of the epoch selected on val")
+    finally:
+        progress.close()
 
 
 def experiment_key(config: ExperimentConfig, data_key: str) -> str:
@@ -100,13 +193,18 @@ def method_key(config: ExperimentConfig, data_key: str, method: str, seed: int, 
 # so two fits in threads of one process would draw from each other's stream. Dask workers are
 # separate single-threaded processes, so there tasks run in parallel and stay reproducible.
 @flow(name="train-eval", log_prints=True, task_runner=task_runner("thread", threads=1))
-def train_eval(config: ExperimentConfig = ExperimentConfig()) -> TrainEvalOutcome:
+def train_eval(config: ExperimentSettings = ExperimentSettings(), out: Path | SkipJsonSchema[None] = None,
+               keep_resume_state: bool = False) -> TrainEvalOutcome:
     """Train and evaluate every method x seed of ``config`` and write the run directory.
 
     Args:
-        config: the experiment (``hscmae.experiment.ExperimentConfig``): shards (None: the built-in
+        config: the experiment (``hscmae.experiment.ExperimentConfig``): shards (empty: the built-in
             synthetic set), methods, seeds, val carving, post-hoc CCA, epochs override, run folder.
+        out: the output root that relative folders of ``config`` are under (empty: ``$HSCMAE_OUTPUTS``,
+            else ``./outputs``).
+        keep_resume_state: keep each finished method x seed's last resume state beside its best model.
     """
+    config = config.to_config(output_root(out))
     runs_root = Path(config.runs_root).resolve()
     if config.shards is None:
         synthetic_key = digest("synthetic", config.synthetic, source_digest(*SYNTHETIC_CODE))
@@ -120,9 +218,10 @@ def train_eval(config: ExperimentConfig = ExperimentConfig()) -> TrainEvalOutcom
 
     data = prepare_data.submit(config)
     jobs = [RunJob(key=method_key(config, data_key, method, seed, run_dir), method=method, seed=seed,
-                   run_dir=run_dir, config=config)
+                   run_dir=run_dir, config=config, keep_resume_state=keep_resume_state)
             for method in config.methods for seed in config.seeds]
     futures = [train_method.with_options(result_storage=storage).submit(job, data) for job in jobs]
+    watch_runs(futures)
     results = [f.result() for f in futures]
     summary_key = digest("summarise", [job.key for job in jobs], str(run_dir.resolve()))
     summarise_run.with_options(result_storage=storage)(summary_key, results, data, config, run_dir)
@@ -144,35 +243,23 @@ def train_eval(config: ExperimentConfig = ExperimentConfig()) -> TrainEvalOutcom
 
 
 def main(argv: list[str] | None = None) -> TrainEvalOutcome:
-    parser = argparse.ArgumentParser(prog="python -m flows.train_eval",
-                                     description=__doc__.splitlines()[0].replace("``", ""))
-    parser.add_argument("--features", type=Path,
-                        help="feature shards (a folder or file); default: the built-in synthetic set")
-    parser.add_argument("--config", type=Path,
-                        help="experiment config, JSON or YAML: ExperimentConfig fields, including model (ModelConfig "
-                             "fields) and method_configs (per method: model/loss/train fields)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    parser.add_argument("--methods", nargs="+", help="methods to run (default: all)")
-    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 1 2)")
-    parser.add_argument("--epochs", type=int, help="override every trainable method's epochs")
-    parser.add_argument("--runs-root", help="where run directories go (default: runs)")
-    add_runner_arguments(parser, threads=1)
-    add_debug_argument(parser)
-    args = parser.parse_args(argv)
+    args = parse_arguments(argv)
+    apply_verbosity(args)
     with user_errors(args.debug):
         check_train_eval(args.features, args.config, seeds=args.seeds, epochs=args.epochs)
         with named_errors(args.config or "command line"):
-            config = load_config(args.config, {
+            config = load_config(args.config, {  # every key checked, an unknown one named
                 "shards": str(args.features) if args.features else None, "methods": args.methods, "seeds": args.seeds,
                 "epochs": args.epochs, "runs_root": args.runs_root})
     if args.print_config:
         print(yaml.safe_dump(config.resolved(), sort_keys=False), end="")
-        parser.exit(0)
-    return train_eval.with_options(task_runner=runner_from_arguments(args))(config)
+        raise SystemExit(0)
+    run = train_eval.with_options(task_runner=runner_from_arguments(args))
+    return run(ExperimentSettings.model_validate(config), out=args.out, keep_resume_state=args.keep_resume_state)
 
 
 if __name__ == "__main__":
     # run the importable module's copy, so Dask workers can unpickle its tasks by reference
     from flows.train_eval import main as module_main
 
-    module_main()
+    module_main(sys.argv[1:])

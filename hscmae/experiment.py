@@ -22,6 +22,7 @@ import hashlib
 import itertools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ class ExperimentConfig:
 
     shards: str | None = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    data_root: str = "outputs/data"
+    data_root: str = "data"
     methods: list[str] = field(default_factory=lambda: list(methods()))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     val_fraction: float = 0.1
@@ -216,10 +217,12 @@ def _save_cca(cca: LinearCCA, path: Path) -> None:
 
 
 def run_one(method_name: str, seed: int, data: PreparedData, run_dir: str | Path, *,
-            config: ExperimentConfig | None = None, progress: bool = True) -> MethodResult:
+            config: ExperimentConfig | None = None, progress: bool = True,
+            on_epoch: Callable[[dict[str, Any]], None] | None = None) -> MethodResult:
     """Train (or solve) one method with one seed, select on val, evaluate on test once.
 
     ``config`` supplies the ``epochs``/``batch_size`` overrides and ``posthoc_cca`` (default: ``ExperimentConfig()``).
+    ``on_epoch`` gets each training epoch's history entry (trainable methods only).
     The selected model is saved as ``run_dir/checkpoints/<method>-seed<seed>/best.safetensors``.
     """
     config = config or ExperimentConfig(methods=[method_name])
@@ -246,7 +249,7 @@ def run_one(method_name: str, seed: int, data: PreparedData, run_dir: str | Path
         result.metrics.update({k.replace("_", "_" + POSTHOC_PREFIX, 1): v for k, v in partial.items()})
     else:
         trained = fit(method, data.train, data.val, seed=seed, scorer=retrieval_score, checkpoint_dir=folder,
-                      progress=progress)
+                      progress=progress, on_epoch=on_epoch)
         history, best_epoch = trained.history, trained.best_epoch
         posthoc, posthoc_ridge = None, None
         if config.posthoc_cca:

@@ -10,6 +10,7 @@ deviation of it (best − mean ≤ the larger of the two sample stds over seeds)
 from __future__ import annotations
 
 import csv
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hscmae.config import LOSS_TERMS  # noqa: E402
@@ -141,43 +143,76 @@ def _by_method(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str,
     return grouped
 
 
+def _seeds_note(runs: Sequence[Mapping[str, Any]]) -> str:
+    """What the curves average over, said on the figure: ``mean over 3 seeds (0, 1, 2)``."""
+    seeds = sorted({int(r["seed"]) for r in runs})
+    return f"mean over {len(seeds)} seed{'s' * (len(seeds) != 1)} ({', '.join(map(str, seeds))})"
+
+
+def _suptitle(fig: plt.Figure, title: str, note: str, width_in: float) -> None:
+    """A title wrapped to the figure's width (nothing cut off), with ``note`` on its own line."""
+    chars = max(40, int(width_in * 11))
+    fig.suptitle("\n".join([*textwrap.wrap(title, chars), note]), fontsize=9)
+
+
 def plot_losses(runs: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
     """One panel per trained method: each loss term and the weighted total vs epoch (mean over seeds).
 
-    ``total`` is the objective actually minimised (with learned task weights it includes their terms).
+    A term has the same colour in every panel; ``total`` (black, dashed, drawn over the terms so a
+    one-term method's single term stays visible under it) is the objective actually minimised
+    (with learned task weights it includes their terms). One legend, outside the panels.
     """
     trained = {m: rs for m, rs in _by_method(runs).items() if rs[0]["kind"] == "trainable"}
     cols = max(1, min(3, len(trained)))
     rows = max(1, -(-len(trained) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    width = 4.2 * cols
+    fig, axes = plt.subplots(rows, cols, figsize=(width, 3.0 * rows + 0.9), squeeze=False, layout="constrained")
+    styles = {term: {"color": f"C{i}", "lw": 2.2} for i, term in enumerate(LOSS_TERMS)}
+    styles["total"] = {"color": "black", "lw": 1.2, "ls": "--"}
+    shown: dict[str, Any] = {}
     for ax, (method, rs) in zip(axes.flat, trained.items()):
         for term in (*LOSS_TERMS, "total"):
             curves = [[epoch[term] for epoch in r["history"]] for r in rs if term in r["history"][0]]
             if curves:
-                ax.plot(np.mean(curves, axis=0), label=term)
-        ax.set(title=method, xlabel="epoch", ylabel="loss")
-        ax.legend(fontsize=7)
+                epochs = np.arange(1, len(curves[0]) + 1)
+                (shown[term],) = ax.plot(epochs, np.mean(curves, axis=0), label=term, **styles[term])
+        ax.set_title(method, fontsize=9)
+        ax.set(xlabel="epoch", ylabel="loss")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in list(axes.flat)[len(trained):]:
         ax.axis("off")
     if not trained:
         axes[0, 0].text(0.5, 0.5, "no trainable method in this run", ha="center", va="center")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    else:
+        order = [t for t in (*LOSS_TERMS, "total") if t in shown]
+        fig.legend([shown[t] for t in order], order, loc="outside lower center", ncols=len(order), fontsize=8)
+    _suptitle(fig, title, f"loss curves, {_seeds_note(runs)}", width)
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
 def plot_pr_curves(runs: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
-    """Interpolated precision-recall curves on test, a2v and v2a, one line per method (mean over seeds)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    """Interpolated precision-recall curves on test, a2v and v2a, one line per method (mean over seeds).
+
+    Methods differ in colour, line style and marker, and their markers are staggered along the
+    curve, so curves that lie on top of each other stay distinguishable; the legend sits below.
+    """
+    width = 10.5
+    fig, axes = plt.subplots(1, 2, figsize=(width, 5.0), sharey=True, layout="constrained")
+    lines = ("-", "--", "-.", ":")
+    markers = ("o", "s", "^", "v", "D", "x", "+", "*", "<", ">")
+    by_method = _by_method(runs)
     for ax, direction in zip(axes, ("a2v", "v2a")):
-        for method, rs in _by_method(runs).items():
-            recall = rs[0]["curves"][direction]["recall"]
-            ax.plot(recall, np.mean([r["curves"][direction]["precision"] for r in rs], axis=0), label=method)
+        for i, (method, rs) in enumerate(by_method.items()):
+            recall = np.asarray(rs[0]["curves"][direction]["recall"])
+            step = max(len(by_method), len(recall) // 6)
+            ax.plot(recall, np.mean([r["curves"][direction]["precision"] for r in rs], axis=0), label=method,
+                    color=f"C{i % 10}", ls=lines[i % len(lines)], marker=markers[i % len(markers)],
+                    markevery=(i * step // len(by_method), step), markersize=4, lw=1.4, alpha=0.9)
         ax.set(title={"a2v": "audio → visual", "v2a": "visual → audio"}[direction], xlabel="recall",
                ylabel="precision", xlim=(0, 1), ylim=(0, 1))
-    axes[1].legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6), fontsize=8)
+    _suptitle(fig, title, f"precision-recall on test, {_seeds_note(runs)}", width)
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)

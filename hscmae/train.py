@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -285,7 +286,8 @@ def _build(method: MethodConfig, train: ClipArrays, *, seed: int, device: torch.
 
 
 def fit(method: MethodConfig, train: ClipArrays, val: ClipArrays, *, seed: int, scorer: Scorer,
-        checkpoint_dir: Path | None = None, progress: bool = True) -> TrainResult:
+        checkpoint_dir: Path | None = None, progress: bool = True,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Train ``method`` on ``train``, select the epoch whose student scores best on ``val``.
 
     Args:
@@ -295,6 +297,7 @@ def fit(method: MethodConfig, train: ClipArrays, val: ClipArrays, *, seed: int, 
         scorer: ``(audio_emb [Nv, L], visual_emb [Nv, L], labels [Nv]) -> float``, higher is better.
         checkpoint_dir: where to checkpoint after each epoch and resume from; also gets ``best.safetensors``.
         progress: show a tqdm bar advancing per epoch.
+        on_epoch: called with each epoch's history entry (``epoch``, losses, ``val_score``), e.g. to log it.
     """
     if method.kind != "trainable":
         raise ValueError(f"method {method.name!r} is {method.kind}, not trainable")
@@ -330,6 +333,8 @@ def fit(method: MethodConfig, train: ClipArrays, val: ClipArrays, *, seed: int, 
         state["epoch"] = epoch + 1
         state["history"].append({"epoch": epoch, **stats, "weights": run.weights.weights(), "val_score": score,
                                  "seconds": time.perf_counter() - start})
+        if on_epoch is not None:
+            on_epoch(state["history"][-1])
         if state["best_score"] is None or score > state["best_score"]:
             state["best_epoch"], state["best_score"] = epoch, score
             best_state = {k: v.detach().clone() for k, v in run.student.state_dict().items()}

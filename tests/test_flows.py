@@ -16,9 +16,12 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +33,8 @@ import pytest
 from prefect import flow
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterKey, FlowRunFilter,
+                                            FlowRunFilterDeploymentId, FlowRunFilterId)
 from prefect.client.schemas.objects import State
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -71,14 +75,16 @@ def _running(pid: int) -> bool:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A local Prefect stack in a temporary Prefect home; yields the environment that reaches it."""
-    home, port = tmp_path_factory.mktemp("prefect-home"), _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    home, port, files_port = tmp_path_factory.mktemp("prefect-home"), _free_port(), _free_port()
+    outputs = tmp_path_factory.mktemp("outputs")
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+           "HSCMAE_OUTPUTS": str(outputs), "FILES_PORT": str(files_port)}
     local = [sys.executable, "-m", "flows.local"]
-    started = subprocess.run([*local, "up", "--port", str(port)], env=env, cwd=PROJECT_ROOT, capture_output=True,
-                             text=True, timeout=240)
+    started = subprocess.run([*local, "up", "--port", str(port), "--files-port", str(files_port)], env=env,
+                             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=240)
     pids = [int(p.read_text()) for p in sorted((home / "local").glob("*.pid"))]
     try:
-        assert started.returncode == 0 and len(pids) == 2, started.stdout + started.stderr
+        assert started.returncode == 0 and len(pids) == 3, started.stdout + started.stderr  # server, files, worker
         with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
             yield env
     finally:
@@ -385,3 +391,74 @@ def test_build_features_fails_when_no_clip_is_extracted(stack: dict[str, str], m
     write_manifest(nothing, tmp_path / "nothing.parquet")
     state = _run(tmp_path / "out", tmp_path / "nothing.parquet")
     assert state.is_failed() and state.message.startswith('no clip was extracted: 1 of 1 clips failed ({"missing": 1})')
+
+
+def _wait_final(flow_run_id: UUID, timeout_s: float = 300) -> State:
+    """The flow run's state once final (polling the server)."""
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            state = client.read_flow_run(flow_run_id).state
+            if (state is not None and state.is_final()) or time.monotonic() > deadline:
+                return state
+            time.sleep(1)
+
+
+def _latest(flow_run_id: UUID, key: str) -> object:
+    """The latest version of the flow run's artifact ``key``."""
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                      artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return max(found, key=lambda a: a.created)
+
+
+def test_deployments_progress_plot_links_refusal_and_cancel_on_down(stack: dict[str, str], first) -> None:
+    """Last in the module: it stops the stack itself, with a build-features run in flight."""
+    with get_client(sync_client=True) as client:
+        features = client.read_deployment_by_name("build-features/demo")
+        training = client.read_deployment_by_name("train-eval/demo")
+        of_these = FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[features.id, training.id]))
+        before = len(client.read_flow_runs(flow_run_filter=of_these))
+        # a bad value is refused by the server before any run exists
+        for deployment, parameters in ((features, {"demo_clips": -5}), (features, {"clips_per_shard": 0}),
+                                       (features, {"extract": {"visual_model": "nope"}}),
+                                       (training, {"config": {"methods": ["nope"]}})):
+            with pytest.raises(Exception, match="409|[Vv]alidation"):
+                client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+        assert len(client.read_flow_runs(flow_run_filter=of_these)) == before
+
+        config = {"shards": str(first[1].result().shards), "methods": ["clip"], "seeds": [0], "epochs": 1,
+                  "val_fraction": 0.15}
+        run = client.create_flow_run_from_deployment(training.id, parameters={"config": config})
+    state = _wait_final(run.id)
+    assert state.is_completed(), state
+    progress = _latest(run.id, "train-eval-progress")
+    assert progress.data == 100.0 and progress.description.startswith("1 of 1 method x seed done")
+    assert "clip seed 0" in progress.description
+
+    # the plot opens from the UI: its link points at the file server, which returns the file's bytes
+    outputs, base = Path(stack["HSCMAE_OUTPUTS"]), f"http://127.0.0.1:{stack['FILES_PORT']}/"
+    links = re.findall(r"\((http://[^)]+)\)", _latest(run.id, "train-eval-files").data)
+    plot = next(link for link in links if link.endswith("/plots/loss_curves.png"))
+    assert plot.startswith(base + "runs/run-")
+    with urllib.request.urlopen(plot, timeout=10) as response:
+        got = response.read()
+    assert got == (outputs / plot.removeprefix(base)).read_bytes() and got[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(urllib.error.HTTPError, match="404"):  # nothing outside the output root
+        urllib.request.urlopen(base + "..%2f..%2f..%2fetc/passwd", timeout=10)
+
+    # `down` with a run in flight leaves it Cancelled, not Running forever
+    with get_client(sync_client=True) as client:
+        busy = client.create_flow_run_from_deployment(features.id, parameters={"demo_clips": 400})
+        deadline = time.monotonic() + 180
+        while not client.read_flow_run(busy.id).state.is_running():
+            assert time.monotonic() < deadline, client.read_flow_run(busy.id).state
+            time.sleep(0.5)
+    down = subprocess.run([sys.executable, "-m", "flows.local", "down"], env=stack, cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    # (a run killed earlier in the module may be cancelled too: it was left "Running")
+    assert down.returncode == 0 and busy.name in down.stdout.split("in flight: ")[1], down.stdout + down.stderr
+    with sqlite3.connect(Path(stack["PREFECT_HOME"]) / "prefect.db") as db:  # the server is gone: read its db
+        (state_type,) = db.execute("SELECT state_type FROM flow_run WHERE id = ?", (busy.id.hex,)).fetchone() or \
+            db.execute("SELECT state_type FROM flow_run WHERE id = ?", (str(busy.id),)).fetchone()
+    assert state_type == "CANCELLED"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 import json
 from pathlib import Path
 
@@ -96,3 +99,68 @@ def test_load_config_reads_yaml_and_json_with_overrides(tmp_path: Path) -> None:
     (tmp_path / "typo.yaml").write_text("seedz: [1]\n")
     with pytest.raises(ValueError, match="seedz"):
         load_config(tmp_path / "typo.yaml", {})
+
+
+@pytest.mark.parametrize("module", ["flows.train_eval", "flows.build_features", "flows.demo", "flows.local"])
+def test_help_and_bad_arguments_answer_before_heavy_imports(module: str) -> None:
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    for args, code in ((["--help"], 0), (["--no-such-flag"], 2)):
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", module, *args], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == code, done.stderr[-2000:]
+        imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in done.stderr.splitlines()
+                    if line.startswith("import time:")}
+        assert not imported & {"torch", "pandas", "prefect", "numpy"}, (module, args)
+
+
+def test_finished_run_keeps_its_best_model_not_its_resume_state(tmp_path: Path) -> None:
+    from flows.train_eval import drop_resume_state
+
+    for name in ("best.safetensors", "posthoc_cca.safetensors", "last.json", "epoch_0003/student.safetensors",
+                 "epoch_0003/state.json", "notes/keep.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    drop_resume_state(tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == [
+        "best.safetensors", "notes/keep.txt", "posthoc_cca.safetensors"]
+
+
+def test_file_links_point_at_the_file_server_only_for_what_it_serves(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.common import file_url
+
+    plot = tmp_path / "runs" / "run 1" / "loss.png"
+    assert file_url(plot) == plot.as_uri()  # no server: a file link
+    monkeypatch.setenv("HSCMAE_FILES_URL", "http://127.0.0.1:4201/")
+    monkeypatch.setenv("HSCMAE_FILES_ROOT", str(tmp_path / "runs"))
+    assert file_url(plot) == "http://127.0.0.1:4201/run%201/loss.png"
+    assert file_url(tmp_path / "elsewhere.png") == (tmp_path / "elsewhere.png").as_uri()
+
+
+def test_run_forms_mirror_every_stage_config_field_and_default() -> None:
+    """A field added to a stage config must reach the UI's form too (and keep its default)."""
+    import dataclasses
+
+    from extractors.extract import ExtractConfig
+    from flows.params import AcquireSettings, DemoSettings, ExperimentSettings, ExtractSettings, SegmentSettings
+    from hscmae.experiment import ExperimentConfig
+    from pipeline.acquire import AcquireConfig
+    from pipeline.demo import DemoConfig
+
+    for form, config, outside in ((DemoSettings, DemoConfig, set()), (SegmentSettings, SegmentConfig, set()),
+                                  (ExtractSettings, ExtractConfig, {"clips_per_shard"}),
+                                  (AcquireSettings, AcquireConfig, {"cache_dir"}),
+                                  (ExperimentSettings, ExperimentConfig, set())):
+        assert set(form.model_fields) == {f.name for f in dataclasses.fields(config)} - outside, form.__name__
+        assert all(field.description for field in form.model_fields.values()), form.__name__
+    assert DemoSettings().to_config() == DemoConfig() and SegmentSettings().to_config() == SegmentConfig()
+    assert ExtractSettings().to_config(256) == ExtractConfig()
+    root = Path("/out")
+    got = ExperimentSettings().to_config(root)
+    assert (got.data_root, got.runs_root) == ("/out/data", "/out/runs")
+    assert dataclasses.replace(got, data_root="d", runs_root="r") == ExperimentConfig(data_root="d", runs_root="r")
+    with pytest.raises(ValueError):
+        ExtractSettings(visual_model="resnet18")
+    with pytest.raises(ValueError):
+        DemoSettings(test_fraction=5)

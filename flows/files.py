@@ -1,0 +1,49 @@
+"""Serve one folder read-only over http on 127.0.0.1, so the Prefect UI's links to plots open.
+
+    python -m flows.files --root outputs --port 4201
+
+Browsers refuse ``file://`` links from an http page; ``python -m flows.local up`` starts this
+server over the output root, and artifacts link here (``flows.common.file_url``). Only GET and
+HEAD exist; a path that resolves outside the root (``..``, a symbolic link) is answered 404.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+class ReadOnlyHandler(SimpleHTTPRequestHandler):
+    """Static files under ``directory``; nothing outside it, no directory escape through links."""
+
+    def translate_path(self, path: str) -> str:
+        translated = Path(super().translate_path(path)).resolve()
+        root = Path(self.directory).resolve()
+        return str(translated) if translated.is_relative_to(root) else str(root / "\0outside")
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002  (the base class's name)
+        pass  # quiet: the UI's clicks are not news
+
+
+def serve(root: Path, port: int) -> ThreadingHTTPServer:
+    """A server for ``root`` on 127.0.0.1:``port`` (0: a free port); call ``serve_forever`` on it."""
+    handler = functools.partial(ReadOnlyHandler, directory=str(Path(root).resolve()))
+    return ThreadingHTTPServer((HOST, port), handler)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m flows.files", description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, required=True, help="the folder to serve")
+    parser.add_argument("--port", type=int, required=True, help="port on 127.0.0.1")
+    args = parser.parse_args(argv)
+    if not args.root.is_dir():
+        parser.error(f"{args.root}: not a folder")
+    serve(args.root, args.port).serve_forever()
+
+
+if __name__ == "__main__":
+    main()
