@@ -61,7 +61,7 @@ from pydantic.json_schema import SkipJsonSchema  # noqa: E402
 
 from flows.params import ExperimentSettings  # noqa: E402
 from flows.progress import Progress  # noqa: E402
-from flows.common import (apply_verbosity, digest, files_digest, key_of, link_dir, link_files,  # noqa: E402
+from flows.common import (apply_verbosity, digest, file_url, files_digest, key_of, link_dir, link_files,  # noqa: E402
                           output_root, results_dir, runner_from_arguments, short, source_digest, task_runner)
 from hscmae.checkpoint import EPOCH_DIR, LAST  # noqa: E402
 from hscmae.experiment import (ExperimentConfig, MethodResult, PreparedData, load_config, prepare,  # noqa: E402
@@ -228,7 +228,7 @@ def train_eval(config: ExperimentSettings = ExperimentSettings(), out: Path | Sk
 
     table = (run_dir / "results.md").read_text()
     create_markdown_artifact(f"## Results\n\n{table}\nRun directory: `{run_dir}`\n\n"
-                             f"[Retrieved clips and embedding map]({(run_dir / 'retrieval.html').resolve().as_uri()})",
+                             f"[Retrieved clips and embedding map]({file_url(run_dir / 'retrieval.html')})",
                              key="train-eval-results",
                              description="retrieval mAP on test, mean ± std over seeds")
     link_files(sorted((run_dir / "plots").glob("*.png")) + [run_dir / "results.md", run_dir / "results.csv",
