@@ -61,6 +61,16 @@ def cca_loss(h1: Tensor, h2: Tensor, *, k: int | None, ridge: float) -> Tensor:
     return -corr[: corr.numel() if k is None else k].mean()
 
 
+def forced_unit_correlations(batch: int, latent: int) -> int:
+    """How many canonical correlations of two ``[batch, latent]`` views equal 1 whatever the data.
+
+    Centred, each view spans ``r = min(latent, batch - 1)`` dimensions of the same ``batch - 1``
+    dimensional space, so at least ``2r - (batch - 1)`` directions are shared: ``max(0, 2r - batch + 1)``.
+    """
+    rank = min(latent, batch - 1)
+    return max(0, 2 * rank - (batch - 1))
+
+
 class CanonicalMap:
     """``z[m]: [B, L] -> (z[m] - mean[m]) @ matrix[m]: [B, K]``, differentiable in ``z``."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,8 +269,19 @@ def embed(model: HSCMAE, data: ClipArrays, *, batch_size: int = 4096) -> tuple[n
     return tuple(np.concatenate(chunks[m]) for m in MODALITIES)
 
 
+def _warn_degenerate_cca(method: MethodConfig, batch: int) -> None:
+    """Deep CCA on a batch no larger than twice the latent size measures nothing: say so."""
+    forced = losses.forced_unit_correlations(batch, method.model.latent)
+    if method.loss.use_global and forced:
+        warnings.warn(f"{method.name}: deep CCA on batches of {batch} clips with {method.model.latent}-d latents is "
+                      f"degenerate: {forced} canonical correlations are 1 for any data, so the global term holds "
+                      f"chance correlation, not signal (use batches of more than {2 * method.model.latent} clips)",
+                      stacklevel=3)
+
+
 def _build(method: MethodConfig, train: ClipArrays, *, seed: int, device: torch.device) -> _Run:
     torch.manual_seed(seed)
+    _warn_degenerate_cca(method, min(method.train.batch_size, len(train)))
     student = HSCMAE(in_dims=train.dims, config=method.model)
     student.set_input_stats(dict(zip(MODALITIES, train.pooled())))
     student.to(device)

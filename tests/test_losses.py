@@ -102,6 +102,17 @@ def test_cca_loss_finite_on_rank_deficient_batches(case):
         assert float(corr[4:].max()) < 1e-6 and float(corr[0]) > 0.9
 
 
+@pytest.mark.parametrize("batch, latent", [(16, 32), (40, 32), (80, 32)])
+def test_forced_unit_correlations_match_independent_noise(batch, latent):
+    """Independent views: exactly the predicted number of canonical correlations is 1 (16: 15, 40: 25, 80: 0)."""
+    g = torch.Generator().manual_seed(batch)
+    x, y = (torch.randn(batch, latent, generator=g, dtype=torch.float64) for _ in range(2))
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    # reference: cosines of the principal angles between the two centred column spaces
+    corr = torch.from_numpy(scipy.linalg.subspace_angles(xc.numpy(), yc.numpy())).cos()
+    assert int((corr > 1 - 1e-9).sum()) == losses.forced_unit_correlations(batch, latent) == {16: 15, 40: 25, 80: 0}[batch]
+
+
 def test_soft_targets_hand_computation():
     # Four clips; both modalities' teacher embeddings are the same unit vectors at angles 0, 10, 90, 100 deg.
     angles = np.deg2rad([0.0, 10.0, 90.0, 100.0])

@@ -173,3 +173,15 @@ def test_schedules_and_ema_update():
     ema_update(teacher, student, 0.9)
     assert teacher.weight.detach().flatten().tolist() == pytest.approx([0.9 * 1.0 + 0.1 * 3.0] * 2)
     assert float(teacher.bias.detach()) == pytest.approx(expected_bias)
+
+
+@pytest.mark.parametrize("name, batch, warns", [("dcca", 16, True), ("dcca", 17, False), ("clip", 8, False)])
+def test_degenerate_deep_cca_batch_is_named(name, batch, warns, recwarn):
+    """Latent 8: a batch of 16 leaves one correlation at 1 for any data (2*8 - 15), 17 none; clip has no global term."""
+    method = _small(name, epochs=1)
+    fit(dataclasses.replace(method, train=dataclasses.replace(method.train, batch_size=batch)),
+        TRAIN, VAL, seed=0, scorer=recall_at_1, progress=False)
+    found = [str(w.message) for w in recwarn if "deep CCA" in str(w.message)]
+    assert found == ([f"{name}: deep CCA on batches of {batch} clips with 8-d latents is degenerate: 1 canonical "
+                      f"correlations are 1 for any data, so the global term holds chance correlation, not signal "
+                      f"(use batches of more than 16 clips)"] if warns else [])
