@@ -52,8 +52,18 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-if __name__ == "__main__":  # --help and argument errors answer before torch, pandas and Prefect load
-    parse_arguments()
+def check_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    """Bad paths or values: one ``error:`` line and exit 2 (light: no torch, no Prefect)."""
+    from pipeline.inputs import check_build_features
+
+    with user_errors(args.debug):
+        check_build_features(args.manifest, root=args.root, archive=args.archive, clips_per_shard=args.clips_per_shard,
+                             demo_clips=args.demo_clips, demo_seconds=args.demo_seconds)
+    return args
+
+
+if __name__ == "__main__":  # --help, argument errors and bad input answer before torch and Prefect load
+    check_arguments(parse_arguments())
 
 import json  # noqa: E402
 import os  # noqa: E402
@@ -89,7 +99,6 @@ from pipeline.demo import LABELS_FILE, DemoConfig, write_demo  # noqa: E402
 from pipeline.digest import sha256_file  # noqa: E402
 from pipeline.failures import Failure, failures_frame, read_failures, write_failures  # noqa: E402
 from pipeline.folder import SplitConfig, build_folder_manifest  # noqa: E402
-from pipeline.inputs import check_build_features  # noqa: E402
 from pipeline.manifest_schema import manifest_root, read_manifest, write_manifest  # noqa: E402
 from pipeline.media import SegmentConfig, segment_clip  # noqa: E402
 from pipeline.source_index import SourceIndex  # noqa: E402
@@ -400,11 +409,8 @@ def weights_config(args: argparse.Namespace) -> ExtractConfig:
 
 
 def main(argv: list[str] | None = None) -> FeatureSetOutcome:
-    args = parse_arguments(argv)
+    args = check_arguments(parse_arguments(argv))
     apply_verbosity(args)
-    with user_errors(args.debug):
-        check_build_features(args.manifest, root=args.root, archive=args.archive, clips_per_shard=args.clips_per_shard,
-                             demo_clips=args.demo_clips, demo_seconds=args.demo_seconds)
     run = build_features.with_options(task_runner=runner_from_arguments(args))
     return run(manifest=args.manifest, demo_clips=args.demo_clips, demo=DemoConfig(seconds=args.demo_seconds),
                out=args.out, clips_per_shard=args.clips_per_shard,

@@ -43,8 +43,17 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-if __name__ == "__main__":  # --help and argument errors answer before torch, pandas and Prefect load
-    parse_arguments()
+def check_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    """Bad values: one ``error:`` line and exit 2 (light: no torch, no Prefect)."""
+    from pipeline.inputs import check_demo
+
+    with user_errors(args.debug):
+        check_demo(args.clips, args.seconds, args.seeds, args.epochs)
+    return args
+
+
+if __name__ == "__main__":  # --help, argument errors and bad input answer before torch and Prefect load
+    check_arguments(parse_arguments())
 
 from typing import Annotated  # noqa: E402
 
@@ -56,7 +65,6 @@ from flows.build_features import build_features  # noqa: E402
 from flows.common import output_root, task_runner  # noqa: E402
 from flows.params import DemoSettings, ExperimentSettings, ExtractSettings, Seed, VisualModel  # noqa: E402
 from flows.train_eval import TrainEvalOutcome, train_eval  # noqa: E402
-from pipeline.inputs import check_demo  # noqa: E402
 
 
 @flow(name="demo", log_prints=True)
@@ -91,10 +99,8 @@ def demo(
 
 
 def main(argv: list[str] | None = None) -> TrainEvalOutcome:
-    args = parse_arguments(argv)
+    args = check_arguments(parse_arguments(argv))
     apply_verbosity(args)
-    with user_errors(args.debug):
-        check_demo(args.clips, args.seconds, args.seeds, args.epochs)
     outcome = demo(
         clips=args.clips, seconds=args.seconds, visual_model=args.visual_model, seeds=args.seeds,
         epochs=args.epochs, batch_size=args.batch_size, out=args.out, runs_root=args.runs_root)

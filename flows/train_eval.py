@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from flows.common import add_runner_arguments
-from pipeline.errors import add_debug_argument, named_errors, user_errors
+from pipeline.errors import add_debug_argument, user_errors
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,8 +44,17 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-if __name__ == "__main__":  # --help and argument errors answer before torch, pandas and Prefect load
-    parse_arguments()
+def check_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    """Bad paths or values: one ``error:`` line and exit 2 (light: no torch, no Prefect)."""
+    from pipeline.inputs import check_train_eval
+
+    with user_errors(args.debug):
+        check_train_eval(args.features, args.config, seeds=args.seeds, epochs=args.epochs)
+    return args
+
+
+if __name__ == "__main__":  # --help, argument errors and bad input answer before torch and Prefect load
+    check_arguments(parse_arguments())
 
 import dataclasses  # noqa: E402
 import shutil  # noqa: E402
@@ -66,7 +75,6 @@ from flows.common import (apply_verbosity, digest, file_url, files_digest, key_o
 from hscmae.checkpoint import EPOCH_DIR, LAST  # noqa: E402
 from hscmae.experiment import (ExperimentConfig, MethodResult, PreparedData, load_config, prepare,  # noqa: E402
                                run_one, summarise)
-from pipeline.inputs import check_train_eval  # noqa: E402
 from hscmae.synthetic import SyntheticConfig, write_synthetic  # noqa: E402
 from pipeline.shards import shard_paths  # noqa: E402
 
@@ -243,14 +251,12 @@ def train_eval(config: ExperimentSettings = ExperimentSettings(), out: Path | Sk
 
 
 def main(argv: list[str] | None = None) -> TrainEvalOutcome:
-    args = parse_arguments(argv)
+    args = check_arguments(parse_arguments(argv))
     apply_verbosity(args)
     with user_errors(args.debug):
-        check_train_eval(args.features, args.config, seeds=args.seeds, epochs=args.epochs)
-        with named_errors(args.config or "command line"):
-            config = load_config(args.config, {  # every key checked, an unknown one named
-                "shards": str(args.features) if args.features else None, "methods": args.methods, "seeds": args.seeds,
-                "epochs": args.epochs, "runs_root": args.runs_root})
+        config = load_config(args.config, {  # every key checked, an unknown one named
+            "shards": str(args.features) if args.features else None, "methods": args.methods, "seeds": args.seeds,
+            "epochs": args.epochs, "runs_root": args.runs_root})
     if args.print_config:
         print(yaml.safe_dump(config.resolved(), sort_keys=False), end="")
         raise SystemExit(0)

@@ -42,6 +42,7 @@ from hscmae.retrieval_page import write_retrieval_page
 from hscmae.synthetic import SyntheticConfig, write_synthetic
 from hscmae.train import embed, fit
 from pipeline.atomic import atomic_path
+from pipeline.errors import UserError
 from pipeline.shards import SPLITS, load_feature_set
 from pipeline.splits import carve_val
 
@@ -145,11 +146,10 @@ class ExperimentConfig:
 def load_config(path: Path | None, overrides: dict[str, Any]) -> ExperimentConfig:
     """An :class:`ExperimentConfig` from a JSON or YAML file (optional), with non-``None`` ``overrides`` on top.
 
-    Raises ``ValueError`` starting with the file name for unreadable files, bad YAML/JSON, unknown keys
+    Raises :class:`pipeline.errors.UserError` starting with the file name (or "command line") for unreadable files, bad YAML/JSON, unknown keys
     (named) and invalid values.
     """
     data: dict[str, Any] = {}
-    where = f"{path}: " if path is not None else ""
     try:
         if path is not None:
             text = Path(path).read_text()
@@ -160,7 +160,7 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> ExperimentConfi
         data.update({k: v for k, v in overrides.items() if v is not None})
         return ExperimentConfig.from_dict(data)
     except (OSError, ValueError, TypeError, yaml.YAMLError) as exc:
-        raise ValueError(f"{where}{exc}".replace("\n", " ")) from exc
+        raise UserError(f"{path or 'command line'}: {' '.join(str(exc).split())}") from exc
 
 
 @dataclass
