@@ -30,3 +30,14 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory, demo_config: DemoConfig) 
 def demo_labels(demo_dir: Path) -> pd.DataFrame:
     """The demo set's ground truth (``labels.csv``)."""
     return pd.read_csv(demo_dir / "labels.csv", keep_default_na=False, na_values=[""])
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread; the count is restored so later modules see the default."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -15,12 +15,7 @@ from hscmae.model import HSCMAE
 from hscmae.train import fit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _planted(n: int, seed: int, *, seconds: int = 2) -> ClipArrays:

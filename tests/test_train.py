@@ -14,13 +14,7 @@ from hscmae.train import ema_momentum, ema_update, embed, fit, lr_factor
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; restore the count so later tests see the default."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _clips(n: int, seed: int) -> ClipArrays:
