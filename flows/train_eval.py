@@ -45,11 +45,18 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_arguments(args: argparse.Namespace) -> argparse.Namespace:
-    """Bad paths or values: one ``error:`` line and exit 2 (light: no torch, no Prefect)."""
+    """Bad paths, values or config keys: one ``error:`` line and exit 2 (light: no torch, no Prefect).
+
+    Adds ``args.experiment``: the config file with the flags on top, every key checked.
+    """
+    from hscmae.config import load_config
     from pipeline.inputs import check_train_eval
 
     with user_errors(args.debug):
         check_train_eval(args.features, args.config, seeds=args.seeds, epochs=args.epochs)
+        args.experiment = load_config(args.config, {
+            "shards": str(args.features) if args.features else None, "methods": args.methods, "seeds": args.seeds,
+            "epochs": args.epochs, "runs_root": args.runs_root})
     return args
 
 
@@ -73,8 +80,7 @@ from flows.progress import Progress  # noqa: E402
 from flows.common import (apply_verbosity, digest, file_url, files_digest, key_of, link_dir, link_files,  # noqa: E402
                           output_root, results_dir, runner_from_arguments, short, source_digest, task_runner)
 from hscmae.checkpoint import EPOCH_DIR, LAST  # noqa: E402
-from hscmae.experiment import (ExperimentConfig, MethodResult, PreparedData, load_config, prepare,  # noqa: E402
-                               run_one, summarise)
+from hscmae.experiment import ExperimentConfig, MethodResult, PreparedData, prepare, run_one, summarise  # noqa: E402
 from hscmae.synthetic import SyntheticConfig, write_synthetic  # noqa: E402
 from pipeline.shards import shard_paths  # noqa: E402
 
@@ -253,15 +259,11 @@ def train_eval(config: ExperimentSettings = ExperimentSettings(), out: Path | Sk
 def main(argv: list[str] | None = None) -> TrainEvalOutcome:
     args = check_arguments(parse_arguments(argv))
     apply_verbosity(args)
-    with user_errors(args.debug):
-        config = load_config(args.config, {  # every key checked, an unknown one named
-            "shards": str(args.features) if args.features else None, "methods": args.methods, "seeds": args.seeds,
-            "epochs": args.epochs, "runs_root": args.runs_root})
     if args.print_config:
-        print(yaml.safe_dump(config.resolved(), sort_keys=False), end="")
+        print(yaml.safe_dump(args.experiment.resolved(), sort_keys=False), end="")
         raise SystemExit(0)
     run = train_eval.with_options(task_runner=runner_from_arguments(args))
-    return run(ExperimentSettings.model_validate(config), out=args.out, keep_resume_state=args.keep_resume_state)
+    return run(ExperimentSettings.model_validate(args.experiment), out=args.out, keep_resume_state=args.keep_resume_state)
 
 
 if __name__ == "__main__":

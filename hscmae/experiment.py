@@ -18,149 +18,32 @@ the representation is the raw pooled features, so its plain and ``+CCA`` columns
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from tqdm.auto import tqdm
 
 from hscmae.cca import LinearCCA
 from hscmae.checkpoint import BEST
 from hscmae import diagnostics
-from hscmae.config import MODEL_PRESETS, MethodConfig, methods
+from hscmae.config import ExperimentConfig
 from hscmae.data import ClipArrays
 from hscmae.evaluate import POSTHOC_PREFIX, evaluate, evaluate_partial, retrieval_score, select_cca
 from hscmae.report import aggregate, data_info, markdown_table, plot_losses, plot_pr_curves, write_csv
 from hscmae.retrieval_page import write_retrieval_page
-from hscmae.synthetic import SyntheticConfig, write_synthetic
+from hscmae.synthetic import write_synthetic
 from hscmae.train import embed, fit
 from pipeline.atomic import atomic_path
-from pipeline.errors import UserError
 from pipeline.shards import SPLITS, load_feature_set
 from pipeline.splits import carve_val
 
 POSTHOC_CCA = "posthoc_cca.safetensors"
-
-
-@dataclass
-class ExperimentConfig:
-    """Everything that decides an experiment; defaults run the built-in synthetic demo.
-
-    Args:
-        shards: a folder (or file) of feature shards; ``None`` uses the built-in synthetic set.
-        synthetic: the synthetic set to generate when ``shards`` is ``None``.
-        data_root: where generated shards are written (``synthetic-<hash>/``).
-        methods: names from :func:`hscmae.config.methods` (default: all).
-        seeds: one run per method and seed.
-        val_fraction, split_seed: val carved from train (stratified) when the data have no val split.
-        posthoc_cca: also report metrics after linear CCA fit on the TRAIN embeddings.
-        model_preset: a name from :data:`hscmae.config.MODEL_PRESETS` for every trainable method's
-            encoders; ``"auto"``: ``"demo"`` for the built-in synthetic set, ``"paper"`` otherwise.
-        model: fields of :class:`hscmae.config.ModelConfig` set on top of the preset, for every method.
-        method_configs: per method name, changes to its config (``{"hscmae": {"loss": {"topk": 10}}}``).
-        epochs, batch_size: override every trainable method's settings (quick runs); ``None`` keeps theirs.
-        runs_root, run_dir: the run goes to ``run_dir``, or ``runs_root/<hash of this config>``.
-    """
-
-    shards: str | None = None
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    data_root: str = "data"
-    methods: list[str] = field(default_factory=lambda: list(methods()))
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    posthoc_cca: bool = True
-    model_preset: str = "auto"
-    model: dict[str, Any] = field(default_factory=dict)
-    method_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    epochs: int | None = None
-    batch_size: int | None = None
-    runs_root: str = "runs"
-    run_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        known = methods()
-        unknown = [m for m in self.methods if m not in known]
-        if unknown or not self.methods:
-            raise ValueError(f"unknown or no methods {unknown}; known: {sorted(known)}")
-        if not self.seeds:
-            raise ValueError("seeds must name at least one seed")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
-        if self.model_preset == "auto":  # resolved once, so it survives shards being filled in later
-            self.model_preset = "demo" if self.shards is None else "paper"
-        if self.model_preset not in MODEL_PRESETS:
-            raise ValueError(f"model_preset {self.model_preset!r} is not 'auto' or one of {sorted(MODEL_PRESETS)}")
-        unknown = sorted(set(self.method_configs) - set(known))
-        if unknown:
-            raise ValueError(f"method_configs: unknown methods {unknown}; known: {sorted(known)}")
-        for name in self.methods:  # every override is checked now, not when the method runs
-            self.method_config(name)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"experiment config: unknown keys {unknown} (known: {sorted(names)})")
-        data = dict(data)
-        if isinstance(data.get("synthetic"), dict):
-            known = {f.name for f in dataclasses.fields(SyntheticConfig)}
-            bad = sorted(set(data["synthetic"]) - known)
-            if bad:
-                raise ValueError(f"synthetic config: unknown keys {bad} (known: {sorted(known)})")
-            data["synthetic"] = SyntheticConfig(**data["synthetic"])
-        return cls(**data)
-
-    def resolved(self) -> dict[str, Any]:
-        """The experiment's fields and every method's resolved config, as written to ``config.json``."""
-        return {"experiment": self.to_dict(), "methods": {m: self.method_config(m).to_dict() for m in self.methods}}
-
-    def method_config(self, name: str) -> MethodConfig:
-        """The resolved config of method ``name``: model preset and ``model`` fields, then its
-        ``method_configs`` entry, then the ``epochs``/``batch_size`` overrides."""
-        preset = dataclasses.asdict(MODEL_PRESETS[self.model_preset])
-        method = methods()[name].updated({"model": {**preset, **self.model}})
-        method = method.updated(self.method_configs.get(name, {}))
-        changes = {k: v for k, v in (("epochs", self.epochs), ("batch_size", self.batch_size)) if v is not None}
-        return method.updated({"train": changes})
-
-    def resolved_run_dir(self) -> Path:
-        if self.run_dir is not None:
-            return Path(self.run_dir)
-        text = json.dumps({k: v for k, v in self.to_dict().items() if k not in ("run_dir", "runs_root")}, sort_keys=True)
-        return Path(self.runs_root) / f"run-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
-
-
-def load_config(path: Path | None, overrides: dict[str, Any]) -> ExperimentConfig:
-    """An :class:`ExperimentConfig` from a JSON or YAML file (optional), with non-``None`` ``overrides`` on top.
-
-    Raises :class:`pipeline.errors.UserError` starting with the file name (or "command line") for unreadable files, bad YAML/JSON, unknown keys
-    (named) and invalid values.
-    """
-    data: dict[str, Any] = {}
-    try:
-        if path is not None:
-            text = Path(path).read_text()
-            loaded = json.loads(text) if Path(path).suffix == ".json" else yaml.safe_load(text)
-            if not isinstance(loaded, dict):
-                raise ValueError(f"an experiment config must be a mapping of settings, got {type(loaded).__name__}")
-            data.update(loaded)
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return ExperimentConfig.from_dict(data)
-    except (OSError, ValueError, TypeError, yaml.YAMLError) as exc:
-        raise UserError(f"{path or 'command line'}: {' '.join(str(exc).split())}") from exc
 
 
 @dataclass

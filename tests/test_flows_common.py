@@ -16,7 +16,7 @@ import pytest
 from extractors.extract import ExtractConfig
 from flows.build_features import clip_jobs, extract_cache_config
 from flows.common import digest, files_digest, frame_digest, source_digest
-from flows.train_eval import load_config
+from hscmae.config import load_config
 from pipeline.media import Segment, SegmentConfig
 
 
