@@ -2,7 +2,7 @@
 
 For each mAP (audio->visual, visual->audio, plain and after linear CCA) it prints the time of
 ``hscmae.metrics.mean_average_precision`` beside the floor measured in the same run: one
-``torch.sort`` of that direction's float32 score matrix (best of ``--repeats``, interleaved),
+``torch.sort`` of that direction's float32 score matrix (best of ``--repeats``, run back to back),
 and one values-only ``np.sort`` of it (the sort the metric uses on the CPU).
 Then the full evaluation pass: embedding the clips with an HSC-MAE model (random init, 128-d
 audio and 1,024-d visual seconds), CCA projection, both directions plain and +CCA. Last, the

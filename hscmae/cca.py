@@ -103,8 +103,11 @@ def fit_cca_path(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, *, 
         # T = Cxx^-1/2 Cxy Cyy^-1/2 = Vx M Vy' with the small M below; only the data's span matters
         fx, fy = 1.0 / np.sqrt(var_x + ridge * mean_var_x), 1.0 / np.sqrt(var_y + ridge * mean_var_y)
         p, s, qt = np.linalg.svd(fx[:, None] * cross * fy[None, :])
-        fitted.append(LinearCCA(mean_x=mean_x, mean_y=mean_y, proj_x=vx @ (fx[:, None] * p[:, :k]),
-                                proj_y=vy @ (fy[:, None] * qt[:k].T), correlations=s[:k].copy()))
+        # past the data's rank (collinear columns): zero directions with correlation 0, so every fit is k wide
+        kk, pad = min(k, len(s)), ((0, 0), (0, k - min(k, len(s))))
+        fitted.append(LinearCCA(mean_x=mean_x, mean_y=mean_y, proj_x=np.pad(vx @ (fx[:, None] * p[:, :kk]), pad),
+                                proj_y=np.pad(vy @ (fy[:, None] * qt[:kk].T), pad),
+                                correlations=np.pad(s[:kk], (0, k - kk))))
     return fitted
 
 

@@ -111,3 +111,12 @@ def _pad(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         out[i, : s.shape[0]] = s
         valid[i, : s.shape[0]] = True
     return out, valid
+
+
+def seconds_dropped(n_valid, ratio: float):
+    """How many of a clip's ``n_valid`` seconds go at ``ratio``: ``ratio * n`` rounded half up, at most ``n - 1``.
+
+    ``n_valid``: ``[N]`` numpy array or torch tensor (training masks and test-time dropping share this rule);
+    returns the same kind, as floats.
+    """
+    return ((2 * ratio * n_valid + 1) // 2).clip(max=n_valid - 1)

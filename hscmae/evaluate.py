@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from hscmae.cca import LinearCCA, fit_cca_path
-from hscmae.data import ClipArrays
+from hscmae.data import ClipArrays, seconds_dropped
 from hscmae.metrics import DEFAULT_KS, DEFAULT_RECALL_LEVELS, RetrievalMetrics, retrieval_metrics
 
 DIRECTIONS = ("a2v", "v2a")
@@ -97,7 +97,7 @@ def evaluate(audio: np.ndarray, visual: np.ndarray, labels: np.ndarray, *, posth
 
 
 def drop_seconds(data: ClipArrays, fraction: float, *, seed: int = PARTIAL_SEED) -> ClipArrays:
-    """``data`` with ``floor(fraction * n + 1/2)`` of each clip's ``n`` valid seconds turned off, per modality.
+    """``data`` with :func:`hscmae.data.seconds_dropped` of each clip's valid seconds turned off, per modality.
 
     At least one second of every clip stays valid. Which seconds go is a seeded uniform draw,
     independent per clip and modality; features are untouched (only the ``[N, T]`` masks change).
@@ -109,7 +109,7 @@ def drop_seconds(data: ClipArrays, fraction: float, *, seed: int = PARTIAL_SEED)
     for name in ("audio_valid", "visual_valid"):
         valid = getattr(data, name)
         count = valid.sum(axis=1)
-        n_drop = np.minimum(np.floor(fraction * count + 0.5).astype(int), count - 1)
+        n_drop = seconds_dropped(count, fraction).astype(int)
         # rank the valid seconds of each row in a random order; drop the first n_drop of them
         keys = np.where(valid, rng.random(valid.shape), np.inf)
         rank = np.argsort(np.argsort(keys, axis=1), axis=1)

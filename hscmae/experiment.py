@@ -125,11 +125,11 @@ def run_one(method_name: str, seed: int, data: PreparedData, run_dir: str | Path
 
         result = evaluate(*embedder(data.test), data.test.label_id)
         partial = evaluate_partial(embedder, data.test)
-        # its +CCA columns are itself: linear CCA of the raw features, as the other rows' of their embeddings
-        result.metrics.update({POSTHOC_PREFIX + k: v for k, v in list(result.metrics.items())})
-        result.curves.update({POSTHOC_PREFIX + k: v for k, v in list(result.curves.items())})
         result.metrics.update(partial)
-        result.metrics.update({k.replace("_", "_" + POSTHOC_PREFIX, 1): v for k, v in partial.items()})
+        if config.posthoc_cca:  # its +CCA columns are itself: linear CCA of the raw features
+            result.metrics.update({POSTHOC_PREFIX + k: v for k, v in list(result.metrics.items()) if k not in partial})
+            result.curves.update({POSTHOC_PREFIX + k: v for k, v in list(result.curves.items())})
+            result.metrics.update({k.replace("_", "_" + POSTHOC_PREFIX, 1): v for k, v in partial.items()})
     else:
         trained = fit(method, data.train, data.val, seed=seed, scorer=retrieval_score, checkpoint_dir=folder,
                       progress=progress, on_epoch=on_epoch)

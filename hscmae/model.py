@@ -3,7 +3,7 @@
 Inputs are per-clip vectors pooled over seconds, standardised with training-set statistics held in
 buffers (so a saved model embeds raw features on its own). Masking makes the student's view:
 
-- ``"time"`` (default): ``round(ratio * T_i)`` of a clip's valid seconds (at most ``T_i - 1``) are
+- ``"time"`` (default): ``ratio * T_i`` (rounded half up, at most ``T_i - 1``) of a clip's valid seconds are
   left out of its pooled mean: a real partial observation, as at test time when seconds are missing.
   Dropping seconds changes every entry of the pooled vector, so here the *masked entries* are all
   ``D`` entries of each clip that lost at least one second (clips with one second lose none and do
@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from hscmae.config import ModelConfig
+from hscmae.data import seconds_dropped
 from pipeline.shards import MODALITIES
 
 
@@ -127,7 +128,7 @@ def mask_elements(x: Tensor, *, ratio: float, generator: torch.Generator) -> tup
 
 def mask_seconds(seq: Tensor, valid: Tensor, *, ratio: float,
                  generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Leave ``round(ratio * T_i)`` (at most ``T_i - 1``) random valid seconds out of each clip's mean.
+    """Leave :func:`hscmae.data.seconds_dropped` random valid seconds out of each clip's mean.
 
     Args:
         seq: ``[B, T, D]`` raw features; valid: ``[B, T]`` bool.
@@ -135,7 +136,7 @@ def mask_seconds(seq: Tensor, valid: Tensor, *, ratio: float,
         pooled raw mean of the kept seconds ``[B, D]``, and ``[B]`` bool: True where a second was left out.
     """
     n_valid = valid.sum(dim=1)
-    count = torch.minimum(torch.round(ratio * n_valid), n_valid - 1)
+    count = seconds_dropped(n_valid, ratio)
     noise = torch.rand(valid.shape, generator=generator).to(seq.device).masked_fill(~valid, float("inf"))
     rank = noise.argsort(dim=1).argsort(dim=1)
     keep = valid & (rank >= count.unsqueeze(1))

@@ -270,13 +270,15 @@ def embed(model: HSCMAE, data: ClipArrays, *, batch_size: int = 4096) -> tuple[n
 
 
 def _warn_degenerate_cca(method: MethodConfig, batch: int) -> None:
-    """Deep CCA on a batch no larger than twice the latent size measures nothing: say so."""
+    """A CCA within a batch no larger than twice the latent size measures nothing: say which level it hurts."""
     forced = losses.forced_unit_correlations(batch, method.model.latent)
-    if method.loss.use_global and forced:
-        warnings.warn(f"{method.name}: deep CCA on batches of {batch} clips with {method.model.latent}-d latents is "
-                      f"degenerate: {forced} canonical correlations are 1 for any data, so the global term holds "
-                      f"chance correlation, not signal (use batches of more than {2 * method.model.latent} clips)",
-                      stacklevel=3)
+    hurt = [name for name, on in (("the global term", method.loss.use_global),
+                                  ("the teacher's canonical space", method.loss.needs_teacher)) if on]
+    if hurt and forced:
+        warnings.warn(f"{method.name}: CCA within batches of {batch} clips of {method.model.latent}-d latents is "
+                      f"degenerate: {forced} canonical correlations are 1 for any data, so {' and '.join(hurt)} "
+                      f"hold chance correlation, not signal (use batches of more than {2 * method.model.latent} "
+                      "clips)", stacklevel=3)
 
 
 def _build(method: MethodConfig, train: ClipArrays, *, seed: int, device: torch.device) -> _Run:
@@ -338,9 +340,9 @@ def fit(method: MethodConfig, train: ClipArrays, val: ClipArrays, *, seed: int, 
             fit_cca_projection(run.student, train, ridge=method.loss.cca_ridge)
         val_embedding = embed(run.student, val)
         score = float(scorer(*val_embedding, val.label_id))
-        stats.update(epoch_diagnostics(run, data, train_sample, val_embedding))
         if not math.isfinite(score):
             raise FloatingPointError(f"{method.name}: scorer returned {score} on val at epoch {epoch}")
+        stats.update(epoch_diagnostics(run, data, train_sample, val_embedding))
         state["step"] += run.steps_per_epoch
         state["epoch"] = epoch + 1
         state["history"].append({"epoch": epoch, **stats, "weights": run.weights.weights(), "val_score": score,

@@ -113,3 +113,18 @@ def test_ridge_path_equals_textbook_dense_ridge_cca(rows):
         u, v = cca.transform_x(x), cca.transform_y(y)
         # covariance of each variate pair is a' Cxy b = p' T q, the singular value
         assert np.all(np.sum(u * v, axis=0) / (rows - 1) == pytest.approx(cca.correlations, rel=1e-9))
+
+
+def test_collinear_columns_give_zero_directions_not_a_narrower_fit():
+    """x spans 3 of its 5 columns: the fit stays k=5 wide, the first 3 correlations are those of the
+    3 independent columns (computed separately), the other 2 are 0 with zero projections."""
+    rng = np.random.default_rng(3)
+    base, y = rng.normal(size=(200, 3)), rng.normal(size=(200, 5))
+    y[:, :3] += base
+    x = np.column_stack([base, base[:, 0], base[:, 1] + base[:, 2]])
+    wide = fit_cca(x, y, k=5, ridge=1e-9)
+    narrow = fit_cca(base, y, k=3, ridge=1e-9)
+    assert wide.proj_x.shape == (5, 5) and wide.proj_y.shape == (5, 5)
+    np.testing.assert_allclose(wide.correlations[:3], narrow.correlations, atol=1e-6)
+    np.testing.assert_array_equal(wide.correlations[3:], 0.0)
+    np.testing.assert_array_equal(wide.proj_x[:, 3:], 0.0)

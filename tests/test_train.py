@@ -169,13 +169,16 @@ def test_schedules_and_ema_update():
     assert float(teacher.bias.detach()) == pytest.approx(expected_bias)
 
 
-@pytest.mark.parametrize("name, batch, warns", [("dcca", 16, True), ("dcca", 17, False), ("clip", 8, False)])
-def test_degenerate_deep_cca_batch_is_named(name, batch, warns, recwarn):
-    """Latent 8: a batch of 16 leaves one correlation at 1 for any data (2*8 - 15), 17 none; clip has no global term."""
+@pytest.mark.parametrize("name, batch, hurt", [
+    ("dcca", 16, "the global term"), ("dcca", 17, None), ("clip", 8, None),
+    ("hscmae-no-global", 16, "the teacher's canonical space"),
+    ("hscmae", 16, "the global term and the teacher's canonical space")])
+def test_degenerate_batch_cca_is_named(name, batch, hurt, recwarn):
+    """Latent 8: a batch of 16 leaves one correlation at 1 for any data (2*8 - 15), 17 none; clip has no batch CCA."""
     method = _small(name, epochs=1)
     fit(dataclasses.replace(method, train=dataclasses.replace(method.train, batch_size=batch)),
         TRAIN, VAL, seed=0, scorer=recall_at_1, progress=False)
-    found = [str(w.message) for w in recwarn if "deep CCA" in str(w.message)]
-    assert found == ([f"{name}: deep CCA on batches of {batch} clips with 8-d latents is degenerate: 1 canonical "
-                      f"correlations are 1 for any data, so the global term holds chance correlation, not signal "
-                      f"(use batches of more than 16 clips)"] if warns else [])
+    found = [str(w.message) for w in recwarn if "CCA within batches" in str(w.message)]
+    assert found == ([f"{name}: CCA within batches of {batch} clips of 8-d latents is degenerate: 1 canonical "
+                      f"correlations are 1 for any data, so {hurt} hold chance correlation, not signal "
+                      f"(use batches of more than 16 clips)"] if hurt else [])
