@@ -6,7 +6,8 @@ Matches the published recipe (``mel_features.log_mel_spectrogram``):
   zero-padded to a 512-point FFT, with no centring (frames start at sample 0);
 * the recipe's own mel matrix: HTK mel scale, triangles that are linear **in mel** (not in Hz,
   as in librosa/torchaudio filter banks), no area normalisation, DC bin zeroed;
-* ``log(mel + 0.01)``; non-overlapping examples of 96 frames, incomplete tails dropped.
+* ``log(mel + 0.01)``; examples of 96 frames starting every 100 frames (one per second of the clip,
+  this project's grid: see ``vggish_params.GRID_HOP_SECONDS``), incomplete tails dropped.
 """
 
 from __future__ import annotations

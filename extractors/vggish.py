@@ -19,7 +19,7 @@ from extractors.logmel import LogMelFrontend
 from extractors.weights import WeightsArg, WeightsSpec, load_weights
 from pipeline.shards import RANDOM_WEIGHTS
 
-VERSION = "1"
+VERSION = "2"  # 2: one example per second of the clip (vggish_params.GRID_HOP_SECONDS), not per 0.96 s
 
 # The VGG stack: numbers are conv output channels, "M" a 2x2 max-pool.
 _LAYERS: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M")
@@ -144,7 +144,8 @@ def build_audio(
     if state is not None:
         vggish.load_state_dict(state, strict=True)
     params: dict[str, Any] = {
-        "sample_rate": vp.SAMPLE_RATE, "example_seconds": vp.EXAMPLE_WINDOW_SECONDS, "num_bands": vp.NUM_BANDS,
+        "sample_rate": vp.SAMPLE_RATE, "example_seconds": vp.EXAMPLE_WINDOW_SECONDS, "hop_seconds": vp.GRID_HOP_SECONDS,
+        "num_bands": vp.NUM_BANDS,
         "embedding_relu": embedding_relu, "postprocess": postprocess,
     }
     postprocessor = None

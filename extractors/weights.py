@@ -14,7 +14,6 @@ Hugging Face files (the ViTs) go through ``huggingface_hub``, which checks them 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import shutil
@@ -130,7 +129,10 @@ def fetch(spec: WeightsSpec, *, base_url: str | None = None, hub_dir: Path | Non
     ``base_url`` replaces the host and folder of ``spec.url`` (the file name stays). Returns the cached
     file; raises ``ValueError`` when the sha256 does not match the prefix the file name publishes.
     """
-    if spec.hf_hub_id and base_url is None:
+    if spec.hf_hub_id:
+        if base_url is not None:  # the file name is the hub's generic one: nothing to check it by
+            raise ValueError(f"comes from the Hugging Face hub ({spec.hf_hub_id}); --base-url serves torch hub "
+                             "files only (set HF_ENDPOINT for a Hugging Face mirror)")
         from huggingface_hub import hf_hub_download
 
         return Path(hf_hub_download(spec.hf_hub_id, spec.file_name))
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as error:
             print(f"error: {spec.file_name}: {error}", file=sys.stderr)
             return 2
-        print(f"{name}: {path} (sha256 {hashlib.sha256(path.read_bytes()).hexdigest()})")
+        print(f"{name}: {path} (sha256 {sha256_file(path)})")
     return 0
 
 

@@ -160,7 +160,7 @@ def _flow() -> Any:
 
 
 def __getattr__(name: str) -> Any:
-    """``flows.embed.embed`` is the Prefect flow (what ``prefect.yaml`` and ``from flows.embed import embed`` name)."""
+    """``flows.embed.embed`` is the Prefect flow (what ``from flows.embed import embed`` names)."""
     if name == "embed":
         return _flow()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -188,18 +188,19 @@ def main(argv: list[str] | None = None) -> EmbedOutcome:
 
 def check_embed(args: argparse.Namespace) -> None:
     """The command line's run, checkpoint and inputs, before any heavy work; raises ``UserError``."""
-    from hscmae.checkpoint import BEST
-    from hscmae.embeddings import checkpoint_dir, run_method_config
     from pipeline.errors import UserError, require_dir, require_file
     from pipeline.inputs import check_shards
 
     require_dir(args.run, "run directory (--run)")
-    run_method_config(args.run, args.method)
-    require_file(checkpoint_dir(args.run, args.method, args.seed) / BEST, f"checkpoint of {args.method} seed {args.seed}")
     if args.features is not None:
         check_shards(args.features)
     elif not args.videos.exists():
         raise UserError(f"{args.videos}: no such folder or labels CSV (--videos)")
+    from hscmae.checkpoint import BEST  # torch: only once the paths are known to be there
+    from hscmae.embeddings import checkpoint_dir, run_method_config
+
+    run_method_config(args.run, args.method)
+    require_file(checkpoint_dir(args.run, args.method, args.seed) / BEST, f"checkpoint of {args.method} seed {args.seed}")
 
 
 if __name__ == "__main__":

@@ -20,10 +20,13 @@ HOST = "127.0.0.1"
 class ReadOnlyHandler(SimpleHTTPRequestHandler):
     """Static files under ``directory``; nothing outside it, no directory escape through links."""
 
-    def translate_path(self, path: str) -> str:
-        translated = Path(super().translate_path(path)).resolve()
-        root = Path(self.directory).resolve()
-        return str(translated) if translated.is_relative_to(root) else str(root / "\0outside")
+    def send_head(self):  # noqa: ANN201  (the base class's signature)
+        """404 for any path that resolves outside the root; otherwise the base class's answer."""
+        translated = Path(self.translate_path(self.path)).resolve()
+        if not translated.is_relative_to(Path(self.directory).resolve()):
+            self.send_error(404, "File not found")
+            return None
+        return super().send_head()
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002  (the base class's name)
         pass  # quiet: the UI's clicks are not news

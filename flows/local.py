@@ -216,8 +216,15 @@ def down(timeout_s: float = 20.0) -> None:
     SIGKILL after ``timeout_s``)."""
     stack = state_dir() / "stack.json"
     if _read_pid("server") is not None and stack.is_file():
-        cancelled = cancel_in_flight(json.loads(stack.read_text())["api"])
-        print(f"cancelled {len(cancelled)} flow run(s) in flight{': ' + ', '.join(cancelled) if cancelled else ''}")
+        import httpx
+
+        api = json.loads(stack.read_text())["api"]
+        try:
+            cancelled = cancel_in_flight(api)
+            print(f"cancelled {len(cancelled)} flow run(s) in flight{': ' + ', '.join(cancelled) if cancelled else ''}")
+        except (httpx.HTTPError, OSError) as exc:  # the processes are stopped all the same
+            print(f"warning: could not reach the server at {api} to cancel runs in flight ({exc}); "
+                  "stopping the processes anyway", file=sys.stderr)
     for name in PROCESSES:
         _stop(name, timeout_s)
     stack.unlink(missing_ok=True)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from extractors.extract import ExtractConfig
+from flows.common import VISUAL_MODELS
 from hscmae.config import MODEL_PRESETS, methods
 from hscmae.experiment import ExperimentConfig
 from hscmae.synthetic import SyntheticConfig
@@ -28,7 +29,7 @@ from pipeline.demo import DemoConfig
 from pipeline.media import SegmentConfig
 from pipeline.youtube import YouTubeConfig
 
-VisualModel = Literal["resnet50", "resnet152", "vit_b16", "vit_s16"]
+VisualModel = Literal[VISUAL_MODELS]  # type: ignore[valid-type]  # the frame extractors, as choices
 Device = Literal["cuda", "cpu"]
 MethodName = Literal[tuple(methods())]  # type: ignore[valid-type]  # the registry's names, as choices
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]

@@ -131,3 +131,10 @@ def test_missing_weights_say_which_file_where_and_url(tmp_path: Path, monkeypatc
     assert random_model("resnet50").meta()["weights"] == "random"
     with pytest.raises(ValueError, match="unknown visual model"):
         build_visual("resnet18", weights="random")
+
+
+def test_the_flows_light_list_names_every_extractor():
+    """flows.common keeps the names without importing torch (fast --help); it must match the registry."""
+    from flows.common import VISUAL_MODELS as NAMES
+
+    assert NAMES == tuple(VISUAL_MODELS)
