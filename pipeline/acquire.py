@@ -1,10 +1,12 @@
 """Acquisition: find or fetch each manifest row's source media; the outcome table is the availability report.
 
 * ``file`` sources are read in place: relative paths against ``AcquireConfig.root``, else
-  the manifest's root (``frame.attrs["root"]``); one that leaves the root after resolving
-  symlinks is not read (outcome ``outside_root``). Absolute sources were opted in when the
-  manifest was built (``--allow-outside-root``).
-* ``archive`` sources are members of ``AcquireConfig.archive``: a folder is read in place;
+  the manifest's root (``frame.attrs["root"]``). A source (relative or absolute) that leaves
+  the root after resolving symlinks, or any source when there is no root, is not read
+  (outcome ``outside_root``) unless the manifest records the builder's opt-in
+  (``--allow-outside-root``, ``frame.attrs["allow_outside_root"]``).
+* ``archive`` sources are members of ``AcquireConfig.archive``: a folder is read in place,
+  but a member that resolves (through symlinks) outside the folder is not (``outside_root``);
   from a zip only the needed member is extracted into the cache (decord and PyAV need a
   path), once per member, so nothing else is unpacked.
 * ``youtube`` sources are downloaded through yt-dlp (:mod:`pipeline.youtube`).
@@ -27,7 +29,7 @@ from tqdm import tqdm
 from pipeline import youtube
 from pipeline.atomic import atomic_path
 from pipeline.failures import Failure
-from pipeline.manifest_schema import manifest_root
+from pipeline.manifest_schema import allows_outside_root, manifest_root
 
 AVAILABILITY_COLUMNS = ("clip_id", "source_kind", "source", "outcome", "path", "local_start_s", "message")
 AVAILABLE = ("present", youtube.DOWNLOADED)
@@ -58,24 +60,47 @@ def _local_row(row: object, path: Path | None, message: str) -> dict[str, object
             "local_start_s": 0.0, "message": message}
 
 
+def _outside(row: object, message: str) -> dict[str, object]:
+    return {**_local_row(row, None, message), "outcome": "outside_root"}
+
+
+def _member_path(archive: Path, member: PurePosixPath) -> tuple[Path, str]:
+    """A folder archive's member path, and why it is not read ("" when it stays inside the folder)."""
+    path = archive / member
+    if path.resolve().is_relative_to(archive.resolve()):
+        return path, ""
+    return path, f"{path} resolves to {path.resolve()}, outside the archive folder {archive}"
+
+
 def content_path(row: object, config: AcquireConfig) -> Path | None:
-    """The local file whose bytes decide a row's clip: its file, its archive member (or the zip), None for YouTube."""
+    """The local file whose bytes decide a row's clip: its file, its archive member (or the zip), None for YouTube.
+
+    None also for a folder-archive member that resolves outside the folder (it is never read).
+    """
     if row.source_kind == "file":
         path = Path(row.source)
         return path if path.is_absolute() or config.root is None else Path(config.root) / path
     if row.source_kind == "archive" and config.archive is not None:
         archive = Path(config.archive)
-        return archive / safe_member(str(row.source), f"manifest row {row.clip_id!r}") if archive.is_dir() else archive
+        if not archive.is_dir():
+            return archive
+        path, outside = _member_path(archive, safe_member(str(row.source), f"manifest row {row.clip_id!r}"))
+        return None if outside else path
     return None
 
 
-def _find_file(row: object, root: Path | None) -> dict[str, object]:
+def _find_file(row: object, root: Path | None, allow_outside_root: bool = False) -> dict[str, object]:
+    """Availability of a ``file`` row; outside the root (or with no root) only with the manifest's opt-in."""
     path = Path(row.source)
     if not path.is_absolute() and root is not None:
         path = root / path
+    if not allow_outside_root:
+        if root is None:
+            return _outside(row, f"{path}: the manifest records no dataset root (attrs['root']) and was not built "
+                                 "with --allow-outside-root")
         if not path.resolve().is_relative_to(root.resolve()):
-            return {**_local_row(row, None, f"{path} resolves to {path.resolve()}, outside the dataset root {root}"),
-                    "outcome": "outside_root"}
+            return _outside(row, f"{path} resolves to {path.resolve()}, outside the dataset root {root} "
+                                 "(the manifest was not built with --allow-outside-root)")
     return _local_row(row, path if path.is_file() else None, "" if path.is_file() else f"no file {path}")
 
 
@@ -86,9 +111,12 @@ def _from_archive(rows: list[object], config: AcquireConfig) -> list[dict[str, o
     archive = Path(config.archive)
     members = [safe_member(str(r.source), f"manifest row {r.clip_id!r}") for r in rows]
     if archive.is_dir():
-        paths = [archive / m for m in members]
-        return [_local_row(r, p if p.is_file() else None, "" if p.is_file() else f"no file {p}")
-                for r, p in zip(rows, paths)]
+        out = []
+        for row, member in zip(rows, members):
+            path, outside = _member_path(archive, member)
+            out.append(_outside(row, outside) if outside else
+                       _local_row(row, path if path.is_file() else None, "" if path.is_file() else f"no file {path}"))
+        return out
     out = []
     cache = Path(config.cache_dir) / archive.stem
     with zipfile.ZipFile(archive) as bundle:
@@ -116,7 +144,8 @@ def acquire(manifest: pd.DataFrame, config: AcquireConfig = AcquireConfig()) -> 
     previous = pd.read_parquet(table_path) if table_path.is_file() else None
     rows = list(manifest.itertuples(index=False))
     root = config.root or manifest_root(manifest)
-    results = [_find_file(r, root) for r in rows if r.source_kind == "file"]
+    outside_ok = allows_outside_root(manifest)
+    results = [_find_file(r, root, outside_ok) for r in rows if r.source_kind == "file"]
     results += _from_archive([r for r in rows if r.source_kind == "archive"], config)
     online = manifest[manifest["source_kind"] == "youtube"]
     if len(online):

@@ -110,12 +110,16 @@ def _check_finite(values: np.ndarray, where: str, rows: np.ndarray, names: Seque
         raise FeatureImportError(f"{where}, row {int(rows[i])} (clip {names[i]!r}): non-finite values (NaN or inf)")
 
 
-def _check_constant(values: np.ndarray, where: str, names: Sequence[str], policy: ConstantRows,
+def _check_constant(values: np.ndarray, where: str, rows: np.ndarray, names: Sequence[str], policy: ConstantRows,
                     found: list[str]) -> None:
-    """Rows of ``values`` ``[N, ...]`` whose values are all equal: refused, or (``keep``) added to ``found``."""
+    """Rows of ``values`` ``[N, ...]`` whose values are all equal: refused, or (``keep``) added to ``found``.
+
+    ``rows`` numbers them in the file (as in :func:`_check_finite`), so the message names the true row.
+    """
     flat = values.reshape(len(values), -1)
     constant = np.flatnonzero((flat == flat[:, :1]).all(axis=1)) if flat.shape[1] else np.arange(0)
-    described = [f"{where}, row {int(i)} (clip {names[int(i)]!r}): every value is {flat[int(i), 0]:g}" for i in constant]
+    described = [f"{where}, row {int(rows[int(i)])} (clip {names[int(i)]!r}): every value is {flat[int(i), 0]:g}"
+                 for i in constant]
     if described and policy == "refuse":
         more = f" ({len(described)} rows in all; --constant-rows keep imports them)" if len(described) > 1 \
             else " (--constant-rows keep imports it)"
@@ -204,8 +208,8 @@ def import_ave_features(audio_h5: str | os.PathLike[str], visual_h5: str | os.Pa
                 visual = data["visual"][start:stop][chosen - start].mean(axis=(2, 3), dtype=np.float64).astype(np.float32)
                 _check_finite(audio, str(audio_h5), chosen, names)
                 _check_finite(visual, str(visual_h5), chosen, names)
-                _check_constant(audio, str(audio_h5), names, constant_rows, constant)
-                _check_constant(visual, str(visual_h5), names, constant_rows, constant)
+                _check_constant(audio, str(audio_h5), chosen, names, constant_rows, constant)
+                _check_constant(visual, str(visual_h5), chosen, names, constant_rows, constant)
                 for k, i in enumerate(chosen):
                     row = wanted[int(i)]
                     writer.add(ClipFeatures(clip_id=row.clip_id, label=row.label, label_id=int(row.label_id),
@@ -265,8 +269,8 @@ def _read_single_part(h5: h5py.File, path: str | os.PathLike[str], split: str, d
     names = [f"{split}_{i:05d}" for i in range(len(labels))]
     _check_finite(audio, f"{path}: audio_{split}", np.arange(len(labels)), names)
     _check_finite(visual, f"{path}: visual_{split}", np.arange(len(labels)), names)
-    _check_constant(audio, f"{path}: audio_{split}", names, constant_rows, constant)
-    _check_constant(visual, f"{path}: visual_{split}", names, constant_rows, constant)
+    _check_constant(audio, f"{path}: audio_{split}", np.arange(len(labels)), names, constant_rows, constant)
+    _check_constant(visual, f"{path}: visual_{split}", np.arange(len(labels)), names, constant_rows, constant)
     return _SinglePart(audio, visual, labels, width)
 
 

@@ -10,7 +10,8 @@ the source; ``clip_end_s`` NaN means "to the end of the source"), ``event_start_
 A ``file`` source is a path relative to the dataset root (never with ``..``), so a manifest
 does not depend on where the data lives; the root is kept in the frame's ``attrs["root"]``
 (saved in the Parquet file). An absolute ``file`` source lies outside the root and is only
-written when the user opted in (``--allow-outside-root``).
+written when the user opted in (``--allow-outside-root``); the opt-in is recorded in
+``attrs["allow_outside_root"]``, and acquisition reads no source outside the root without it.
 
 The builders (:mod:`pipeline.ave`, :mod:`pipeline.vegas`, :mod:`pipeline.folder`) import this
 module; the command line (:mod:`pipeline.manifest`) imports them and this: the arrows run one way.
@@ -37,6 +38,7 @@ MANIFEST_COLUMNS = (
 )
 SOURCE_KINDS = ("youtube", "archive", "file")
 ROOT_ATTR = "root"  # frame.attrs key: the folder that relative ``file`` sources are relative to
+OUTSIDE_ROOT_ATTR = "allow_outside_root"  # frame.attrs key: True when built with ``--allow-outside-root``
 _FLOAT_COLUMNS = ("clip_start_s", "clip_end_s", "event_start_s", "event_end_s")
 _SHOWN_PROBLEMS = 50
 
@@ -114,6 +116,15 @@ class ManifestBuild:
     sources: dict[str, str] = field(default_factory=dict)
     skipped: list[RowProblem] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        record_outside_root(self.frame, bool(self.policies.get("allow_outside_root")))
+
+
+def record_outside_root(frame: pd.DataFrame, allowed: bool) -> None:
+    """Record in ``frame.attrs`` that its builder was given ``--allow-outside-root`` (nothing when not)."""
+    if allowed:
+        frame.attrs[OUTSIDE_ROOT_ATTR] = True
+
 
 def _escapes(source: str) -> bool:
     path = PurePosixPath(source.replace("\\", "/"))
@@ -177,6 +188,11 @@ def manifest_root(frame: pd.DataFrame) -> Path | None:
     return Path(root) if root else None
 
 
+def allows_outside_root(frame: pd.DataFrame) -> bool:
+    """Whether ``frame`` was built with ``--allow-outside-root`` (recorded in its attrs)."""
+    return frame.attrs.get(OUTSIDE_ROOT_ATTR) is True
+
+
 def write_manifest(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Validate ``frame`` and write it to Parquet atomically (its root travels in the file's metadata)."""
     frame = validate_manifest(frame, str(path))
@@ -215,6 +231,7 @@ def counts_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def write_build(build: ManifestBuild, path: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Write the manifest (Parquet) and its report (JSON: counts, policies, sources, anomalies, skipped rows)."""
+    record_outside_root(build.frame, bool(build.policies.get("allow_outside_root")))
     frame = validate_manifest(build.frame, str(path))
     report = {
         "dataset": sorted(frame["dataset"].unique().tolist()),

@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 
 from pipeline.acquire import (
-    AVAILABILITY_FILE, AcquireConfig, acquire, availability_failures, available_sources, safe_member,
+    AVAILABILITY_FILE, AcquireConfig, acquire, availability_failures, available_sources, content_path, safe_member,
     write_availability,
 )
+from pipeline.folder import SplitConfig, build_folder_manifest
+from pipeline.manifest_schema import OUTSIDE_ROOT_ATTR, ROOT_ATTR, read_manifest, write_build
 
 
 def _rows(sources: list[tuple[str, str, str]]) -> pd.DataFrame:
@@ -94,3 +96,57 @@ def test_unsafe_members_are_rejected(tmp_path: Path, member: str) -> None:
 def test_write_availability_csv(tmp_path: Path) -> None:
     frame = pd.DataFrame({"clip_id": ["a"], "outcome": ["present"]})
     pd.testing.assert_frame_equal(pd.read_csv(write_availability(frame, tmp_path / "t.csv")), frame)
+
+
+def test_folder_archive_symlink_out_is_not_read(tmp_path: Path, ave_like: tuple[Path, Path, list[str]]) -> None:
+    _, folder, _ = ave_like
+    secret = tmp_path / "secret.mp4"
+    secret.write_bytes(b"not yours")
+    (folder / "AVE_Dataset" / "AVE" / "link.mp4").symlink_to(secret)
+    manifest = _rows([("l", "archive", "AVE_Dataset/AVE/link.mp4"), ("c", "archive", "AVE_Dataset/AVE/vidC.mp4")])
+    config = AcquireConfig(cache_dir=tmp_path / "cache", archive=folder)
+    table = acquire(manifest, config)
+    assert list(table["outcome"]) == ["outside_root", "present"] and table["path"][0] == ""
+    assert "outside the archive folder" in table["message"][0] and str(secret) in table["message"][0]
+    rows = list(manifest.itertuples(index=False))
+    assert content_path(rows[0], config) is None  # the link's target is not hashed either
+    assert content_path(rows[1], config) == folder / "AVE_Dataset/AVE/vidC.mp4"
+
+
+def test_file_outside_root_needs_the_recorded_opt_in(tmp_path: Path, demo_dir: Path, demo_labels: pd.DataFrame) -> None:
+    """A hand-made manifest cannot read /etc/hostname (or escape by a symlink) unless built with the opt-in."""
+    outside = Path("/etc/hostname")
+    if not outside.is_file():
+        pytest.skip("no /etc/hostname here")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "link.mp4").symlink_to(outside)
+    manifest = _rows([("abs", "file", str(outside)), ("link", "file", "link.mp4")])
+    manifest.attrs[ROOT_ATTR] = str(root)
+    table = acquire(manifest, AcquireConfig(cache_dir=tmp_path / "c1"))
+    assert list(table["outcome"]) == ["outside_root", "outside_root"]
+    assert "outside the dataset root" in table["message"][0] and "--allow-outside-root" in table["message"][0]
+    no_root = acquire(_rows([("abs", "file", str(outside)), ("rel", "file", "x.mp4")]), AcquireConfig(cache_dir=tmp_path / "c2"))
+    assert list(no_root["outcome"]) == ["outside_root", "outside_root"] and "no dataset root" in no_root["message"][1]
+    manifest.attrs[OUTSIDE_ROOT_ATTR] = True  # what a builder given --allow-outside-root records
+    allowed = acquire(manifest, AcquireConfig(cache_dir=tmp_path / "c3"))
+    assert list(allowed["outcome"]) == ["present", "present"] and allowed["path"][0] == str(outside)
+
+
+def test_builder_records_the_opt_in(tmp_path: Path) -> None:
+    """``--allow-outside-root`` reaches the saved manifest, and acquisition then reads the outside file."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        (elsewhere / name).write_bytes(name.encode())
+    data = tmp_path / "data"
+    data.mkdir()
+    csv = data / "labels.csv"
+    csv.write_text(f"path,label,split\n{elsewhere / 'a.mp4'},cat,train\n{elsewhere / 'b.mp4'},cat,test\n")
+    built = build_folder_manifest(csv, splitting=SplitConfig(val_fraction=0.0), allow_outside_root=True)
+    manifest, _ = write_build(built, tmp_path / "m.parquet")
+    frame = read_manifest(manifest)
+    assert frame.attrs[OUTSIDE_ROOT_ATTR] is True
+    assert list(acquire(frame, AcquireConfig(cache_dir=tmp_path / "c"))["outcome"]) == ["present", "present"]
+    frame.attrs.pop(OUTSIDE_ROOT_ATTR)
+    assert set(acquire(frame, AcquireConfig(cache_dir=tmp_path / "c"))["outcome"]) == {"outside_root"}

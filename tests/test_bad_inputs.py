@@ -21,7 +21,7 @@ from pipeline.errors import UserError
 from pipeline.folder import SplitConfig, build_folder_manifest
 from pipeline.import_features import FeatureImportError, import_single_file
 from pipeline.inputs import check_shards
-from pipeline.manifest_schema import ManifestError, write_manifest
+from pipeline.manifest_schema import ManifestError, read_manifest, write_build, write_manifest
 from pipeline.shards import ShardError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,6 +161,26 @@ def test_acquisition_refuses_a_symlink_leaving_the_root(tmp_path):
     table = acquire(frame, AcquireConfig(cache_dir=tmp_path / "media"))
     assert table["outcome"].tolist() == ["present", "outside_root"]
     assert table["path"].tolist() == [str(csv.parent.resolve() / "a/x.mp4"), ""]
+
+
+def test_hand_made_manifest_cannot_read_outside_its_root_without_the_opt_in(tmp_path):
+    """An absolute source in a manifest not built with --allow-outside-root is not read; with the opt-in it is."""
+    if not Path("/etc/hostname").is_file():
+        pytest.skip("no /etc/hostname here")
+    csv = _dataset(tmp_path, "path,label,split\na/x.mp4,cat,train\nb/z.mp4,dog,test\n")
+    frame = build_folder_manifest(csv, splitting=NO_VAL).frame.assign(source=["a/x.mp4", "/etc/hostname"])
+    write_manifest(frame, tmp_path / "m.parquet")  # the schema accepts an absolute source...
+    table = acquire(read_manifest(tmp_path / "m.parquet"), AcquireConfig(cache_dir=tmp_path / "media"))
+    assert table["outcome"].tolist() == ["present", "outside_root"]  # ...acquisition does not read it
+    assert table["message"][1] == (f"/etc/hostname resolves to {Path('/etc/hostname').resolve()}, outside the dataset "
+                                   f"root {csv.parent.resolve()} (the manifest was not built with --allow-outside-root)")
+    built = build_folder_manifest(csv.parent / "labels.csv", splitting=NO_VAL, allow_outside_root=True)
+    built.frame = built.frame.assign(source=["a/x.mp4", "/etc/hostname"])
+    write_build(built, tmp_path / "opted.parquet")
+    opted = read_manifest(tmp_path / "opted.parquet")
+    assert opted.attrs["allow_outside_root"] is True
+    table = acquire(opted, AcquireConfig(cache_dir=tmp_path / "media2"))
+    assert table["outcome"].tolist() == ["present", "present"] and table["path"][1] == "/etc/hostname"
 
 
 # --- imports -----------------------------------------------------------------------------------

@@ -86,6 +86,20 @@ def test_ave_nan_rejected_naming_file_row_and_clip(ave, tmp_path):
     _leaves_nothing(out)
 
 
+def test_ave_constant_row_in_a_later_chunk_names_its_true_row(ave, tmp_path, capsys):
+    with h5py.File(ave["audio_h5"], "r+") as h5:
+        h5["avadataset"][5] = 0.25  # chunk [4, 6) at read_chunk=2: index 1 within its chunk, row 5 of the file
+    manifest = build_ave_manifest(ave["annotations"], ave["splits"]).frame
+    out = tmp_path / "shards"
+    with pytest.raises(FeatureImportError, match=re.escape(
+            f"{ave['audio_h5']}, row 5 (clip 'EEEEEEEEEEE_church_bell'): every value is 0.25 (--constant-rows keep")):
+        _import(ave, manifest, out, shard_size=2, read_chunk=2)
+    _leaves_nothing(out)
+    subset = build_ave_manifest(ave["annotations"], ave["splits"], classes=["Church bell", "Cat"]).frame
+    _import(ave, subset, out, read_chunk=3, constant_rows="keep")  # chunk [3, 6) keeps rows 3 and 5
+    assert f"{ave['audio_h5']}, row 5 (clip 'EEEEEEEEEEE_church_bell'): every value is 0.25" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name, shape, problem", [
     ("audio_feature.h5", (7, 10, 64), "has shape (7, 10, 64), expected (7, 10, 128)"),
     ("visual_feature.h5", (6, 10, 7, 7, 512), "has shape (6, 10, 7, 7, 512), expected (7, 10, 7, 7, 512)"),
