@@ -12,8 +12,10 @@ with the same inputs is Cached and does no work. The feature set lands in
 code, so a changed config lands beside the old set. Keys hold each source file's content
 (sha256, kept with size and mtime in ``<out>/media/sources.json`` so re-runs read no video
 bytes), never path strings: a file changed, fixed or added in place recomputes exactly the
-shards that hold it. A per-shard file lock and write-then-rename make a killed run resumable
-and two concurrent runs safe: a shard is done exactly when its record (``done/<shard>.json``:
+shards that hold it, and moved data or outputs reuse the finished shards. Only the cheap tasks
+whose results hold paths (demo videos, acquisition) also key on their resolved locations.
+A per-shard file lock and write-then-rename make a killed run resumable and two concurrent
+runs safe: a shard is done exactly when its record (``done/<shard>.json``:
 the task's key and the shard's sha256) is written, last, and still matches; a shard whose
 bytes no longer match its record is rebuilt. The flow ends Failed when no clip was extracted,
 and its final message says how many of the clips failed.
@@ -81,7 +83,7 @@ from filelock import FileLock  # noqa: E402
 from prefect import flow, task  # noqa: E402
 from pydantic import Field  # noqa: E402
 from pydantic.json_schema import SkipJsonSchema  # noqa: E402
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact  # noqa: E402
+from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.futures import PrefectFuture, as_completed  # noqa: E402
 from prefect.runtime import task_run  # noqa: E402
 from prefect.states import Completed, Failed  # noqa: E402
@@ -127,7 +129,7 @@ class AcquireJob:
 
 @dataclass(frozen=True)
 class ExtractJob:
-    """One shard's segmentation and extraction into ``shard`` (``failures`` marks it done)."""
+    """One shard's segmentation and extraction into ``shard`` (its record ``done`` marks it finished)."""
 
     key: str
     index: int
@@ -276,19 +278,30 @@ def _manifest(manifest: Path | None, demo: DemoConfig, demo_clips: int, out: Pat
     if manifest is not None:
         frame = read_manifest(manifest)
         return frame, str(frame["dataset"].iloc[0])
-    key = digest("demo", demo_clips, demo, source_digest(*DEMO_CODE))
+    content = digest("demo", demo_clips, demo, source_digest(*DEMO_CODE))
+    folder = (out / "demo" / short(content)).resolve()
+    # the cached result is the folder's path, so the key holds it: a moved output root regenerates
     folder = demo_videos.with_options(result_storage=results_dir(out))(
-        key, demo_clips, demo, out / "demo" / short(key))
+        digest(content, str(folder)), demo_clips, demo, folder)
     # the demo's own splits, with no val carved here: small demo sets have too few train clips per class
     built = build_folder_manifest(folder / LABELS_FILE, dataset="demo", times="event",
                                   splitting=SplitConfig(val_fraction=0.0))
     return built.frame, "demo"
 
 
-def watch_shards(futures: list[PrefectFuture[ShardOutcome]], *, clips: int) -> None:
-    """As shards finish: "shards k/N, clips k/M, failed F" in a progress artifact and a terminal bar."""
-    progress = Progress(len(futures), key="build-features-progress",
-                        text=f"shards 0/{len(futures)}, clips 0/{clips}, failed 0", unit="shard")
+def watch_shards(futures: list[PrefectFuture[ShardOutcome]], *, clips: int, progress: Progress | None = None) -> None:
+    """As shards finish: "shards k/N, clips k/M, failed F" in a progress artifact and a terminal bar.
+
+    ``progress``: the flow's one progress artifact, made before the manifest (which may generate
+    demo videos first); its total becomes the shard count here. None makes a new one.
+    """
+    text = f"shards 0/{len(futures)}, clips 0/{clips}, failed 0"
+    if progress is None:
+        progress = Progress(len(futures), key="build-features-progress", text=text, unit="shard")
+    else:
+        progress.total = max(1, len(futures))
+        progress.bar.reset(total=len(futures))
+        progress.update(0, text)
     shards = done = failed = 0
     try:
         for future in as_completed(futures):
@@ -337,10 +350,15 @@ def build_features(
     out = output_root(out)
     demo, segment = demo.to_config(), segment.to_config()
     extract, acquire_config = extract.to_config(clips_per_shard), acquire_config.to_config(Path("."))
-    if manifest is None:
-        create_progress_artifact(0.0, key="build-features-progress",
-                                 description=f"generating {demo_clips} demo videos; shards follow")
-    frame, dataset = _manifest(manifest, demo, demo_clips, out)
+    # one progress artifact for the whole run: it says what comes first, then counts shards to 100 %
+    progress = Progress(1, key="build-features-progress", unit="shard",
+                        text=f"generating {demo_clips} demo videos; shards follow" if manifest is None
+                        else "reading the manifest; shards follow")
+    try:
+        frame, dataset = _manifest(manifest, demo, demo_clips, out)
+    except BaseException:
+        progress.close()
+        raise
     set_key = digest("features", frame_digest(frame), clips_per_shard, segment, extract_cache_config(extract),
                      source_digest(*EXTRACT_CODE))
     root = out / "features" / short(set_key)
@@ -348,9 +366,13 @@ def build_features(
     acquire_code, storage = source_digest(*ACQUIRE_CODE), results_dir(out)
     acquire_task = acquire_shard.with_options(result_storage=storage)
     extract_task = extract_shard.with_options(result_storage=storage)
-    # where things live is not an input: the sources' bytes are (the cache dir is an output)
+    # the sources' bytes decide what is acquired (and name its media folder); the availability
+    # table holds absolute paths, so the task's key also holds the resolved root, archive and
+    # cache dir: moved data or outputs re-acquire (cheap), while extraction keys stay content-only
     acquire_settings = replace(acquire_config, cache_dir=Path("."), root=None, archive=None)
-    acquire_config = replace(acquire_config, root=acquire_config.root or manifest_root(frame))
+    root_dir = acquire_config.root or manifest_root(frame)
+    acquire_config = replace(acquire_config, root=root_dir.resolve() if root_dir is not None else None,
+                             archive=acquire_config.archive.resolve() if acquire_config.archive else None)
     sources = SourceIndex(out / "media" / "sources.json")
     contents = [sources.digest(p) if p is not None else "" for p in
                 (content_path(row, acquire_config) for row in frame.itertuples(index=False))]
@@ -361,10 +383,11 @@ def build_features(
         rows = frame.iloc[start:start + clips_per_shard].reset_index(drop=True)
         rows_key = digest(frame_digest(rows), contents[start:start + clips_per_shard])
         acquire_key = digest("acquire", rows_key, acquire_settings, acquire_code)
+        cache_dir = (out / "media" / short(acquire_key)).resolve()
+        located = replace(acquire_config, cache_dir=cache_dir)
         availability = acquire_task.submit(AcquireJob(
-            key=acquire_key, index=index, rows=rows,
-            config=replace(acquire_config, cache_dir=out / "media" / short(acquire_key)),
-            lock=out / "locks" / f"acquire-{short(acquire_key)}.lock"))
+            key=digest(acquire_key, str(located.root), str(located.archive), str(cache_dir)), index=index,
+            rows=rows, config=located, lock=out / "locks" / f"acquire-{short(acquire_key)}.lock"))
         name = f"shard-{index:05d}"
         job = ExtractJob(
             key=digest("extract", set_key, rows_key), index=index, rows=rows, segment=segment, extract=extract,
@@ -374,7 +397,7 @@ def build_features(
         # a shard changed or damaged on disk is rebuilt, whatever Prefect's cache says
         futures.append(extract_task.with_options(refresh_cache=not shard_done(job)).submit(job, availability))
 
-    watch_shards(futures, clips=len(frame))
+    watch_shards(futures, clips=len(frame), progress=progress)
     outcomes = [f.result() for f in futures]  # in shard order
     fresh = [o for o, f in zip(outcomes, futures) if f.state.name != "Cached"]
     failures = [f for o in outcomes for f in o.failures]

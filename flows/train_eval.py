@@ -7,7 +7,8 @@
 Runs in Prefect's embedded mode when no ``PREFECT_API_URL`` is set: no server needed.
 One task per method x seed (``hscmae.experiment.run_one``); each one's cache key hashes the
 shards' bytes, the resolved method config, the seed, the evaluation settings and the source
-of ``hscmae`` (plus the run directory its checkpoint goes to). The run lands in
+of ``hscmae``, plus, by design, the run directory its checkpoint goes to (so do the summary's
+key; the built-in synthetic set's key holds its resolved data folder). The run lands in
 ``<runs_root>/run-<hash>/`` (config, metrics, checkpoints, results.md/.csv, plots, log);
 the results table and links to the plots are artifacts of the flow run.
 """
@@ -174,17 +175,25 @@ def watch_runs(futures: list[PrefectFuture[MethodResult]]) -> None:
     progress = Progress(total, key="train-eval-progress", text=f"0 of {total} method x seed done",
                         unit="run")
     finished: list[MethodResult] = []
+    failed = 0
     try:
         for future in as_completed(futures):
             if future.state.is_failed():
-                continue  # the flow raises on it after every run has finished
-            finished.append(future.result())
-            best = max(finished, key=lambda r: r.val_score)
-            progress.update(len(finished), f"{len(finished)} of {total} method x seed done; best on val so far: "
-                                           f"{best.method} seed {best.seed} (val mAP {best.val_score:.4f})")
-            create_table_artifact([finished_row(r) for r in finished], key="train-eval-finished",
-                                  description=f"finished method x seed runs ({len(finished)} of {total}); "
-                                              "test metrics of the epoch selected on val")
+                failed += 1  # done, though failed: the flow raises on it after every run has finished
+            else:
+                finished.append(future.result())
+            done = len(finished) + failed
+            text = f"{done} of {total} method x seed done"
+            if failed:
+                text += f" ({failed} failed)"
+            if finished:
+                best = max(finished, key=lambda r: r.val_score)
+                text += f"; best on val so far: {best.method} seed {best.seed} (val mAP {best.val_score:.4f})"
+            progress.update(done, text)
+            if not future.state.is_failed():
+                create_table_artifact([finished_row(r) for r in finished], key="train-eval-finished",
+                                      description=f"finished method x seed runs ({len(finished)} of {total}); "
+                                                  "test metrics of the epoch selected on val")
     finally:
         progress.close()
 
@@ -221,9 +230,11 @@ def train_eval(config: ExperimentSettings = ExperimentSettings(), out: Path | Sk
     config = config.to_config(output_root(out))
     runs_root = Path(config.runs_root).resolve()
     if config.shards is None:
-        synthetic_key = digest("synthetic", config.synthetic, source_digest(*SYNTHETIC_CODE))
-        source = synthetic_data.with_options(result_storage=results_dir(config.data_root))(
-            synthetic_key, config.synthetic, Path(config.data_root).resolve())
+        data_root = Path(config.data_root).resolve()
+        # the cached result is a path under data_root, so the key holds it: a moved output root regenerates
+        synthetic_key = digest("synthetic", config.synthetic, source_digest(*SYNTHETIC_CODE), str(data_root))
+        source = synthetic_data.with_options(result_storage=results_dir(data_root))(
+            synthetic_key, config.synthetic, data_root)
         config = dataclasses.replace(config, shards=str(source))
     data_key = files_digest(shard_paths(config.shards))
     key = experiment_key(config, data_key)

@@ -183,6 +183,11 @@ def test_build_features_artifacts(first) -> None:
     out, state = first
     artifacts = _artifacts(state.state_details.flow_run_id)
     assert artifacts["build-features-progress"].data == 100.0
+    with get_client(sync_client=True) as client:  # one progress artifact, not a 0 % one beside it
+        progress = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["build-features-progress"])))
+    assert [a.data for a in progress] == [100.0]
     table = json.loads(artifacts["build-features-failures"].data)
     assert sorted((row["clip_id"], row["stage"], row["kind"]) for row in table) == [
         ("corrupt", "segment", "undecodable"), ("gone", "acquire", "missing")]
@@ -251,6 +256,42 @@ def test_train_eval_matches_the_plain_experiment_and_is_cached(first, tmp_path: 
     assert states["hscmae"] == states["clip"] == states["linear-cca"] == Counter(Cached=1)
     assert states["summarise"] == Counter(Cached=1)
     assert again.result().table == outcome.table
+
+
+def test_failed_runs_count_as_done_in_train_eval_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One failed method x seed still brings the progress to 100 % and is named in its description."""
+    import flows.train_eval as train_eval_module
+    from hscmae.experiment import MethodResult
+
+    updates: list[tuple[int, str]] = []
+
+    class Recorder:
+        def __init__(self, total: int, **_: object) -> None:
+            self.total = total
+
+        def update(self, done: int, text: str) -> None:
+            updates.append((done, text))
+
+        def close(self) -> None:
+            pass
+
+    class Future:
+        def __init__(self, result: object | None) -> None:
+            self.value = result
+            self.state = State(type="FAILED" if result is None else "COMPLETED")
+
+        def result(self) -> object:
+            return self.value
+
+    fields = {f.name: None for f in dataclasses.fields(MethodResult)}
+    ok = MethodResult(**{**fields, "method": "clip", "seed": 0, "val_score": 0.5, "best_epoch": 0, "metrics": {},
+                         "seconds": 1.0})
+    monkeypatch.setattr(train_eval_module, "Progress", Recorder)
+    monkeypatch.setattr(train_eval_module, "as_completed", iter)
+    monkeypatch.setattr(train_eval_module, "create_table_artifact", lambda *a, **k: None)
+    train_eval_module.watch_runs([Future(ok), Future(None)])
+    assert updates[-1][0] == 2 and updates[-1][1].startswith("2 of 2 method x seed done (1 failed)")
+    assert "clip seed 0" in updates[-1][1]
 
 
 def test_acquisition_retries_transient_failures(stack: dict[str, str], tmp_path: Path,
@@ -351,19 +392,35 @@ def test_deployment_runs_on_the_worker(stack: dict[str, str], tmp_path: Path) ->
 
 
 def test_cache_follows_file_content_not_paths(first, manifest: Path, tmp_path: Path) -> None:
-    """Moved data is Cached; a file fixed or added in place, or a damaged shard, recomputes exactly its shard."""
+    """Moved data re-acquires (cheap) but its shards stay Cached; a file fixed or added in place, or a damaged
+    shard, recomputes exactly its shard."""
     out, state = first
-    moved = tmp_path / "moved"
-    shutil.copytree(manifest.parent, moved, symlinks=True)
+    before = _shard_bytes(state.result().shards)
+    copied = tmp_path / "copied"
+    shutil.copytree(manifest.parent, copied, symlinks=True)
     frame = pd.read_parquet(manifest)
-    frame.attrs["root"] = str(moved)
-    write_manifest(frame, moved / "manifest.parquet")
-    again = _run(out, moved / "manifest.parquet")
+    frame.attrs["root"] = str(copied)
+    write_manifest(frame, copied / "manifest.parquet")
+    again = _run(out, copied / "manifest.parquet")
     assert again.result().shards == state.result().shards  # the feature set does not depend on where data lives
     states = _task_states(again.state_details.flow_run_id, 10)
-    assert states["acquire-shard"] == Counter(Cached=5) and states["extract-shard"] == Counter(Cached=5)
+    # acquisition's result holds paths, so it follows the new location; extraction is content-only
+    assert states["acquire-shard"] == Counter(Completed=5) and states["extract-shard"] == Counter(Cached=5)
+    assert _shard_bytes(again.result().shards) == before
 
-    before = _shard_bytes(state.result().shards)
+    # the data moves away (the copy's paths are gone) and the extractor changes: every clip is still
+    # extracted from the new place, never failed as undecodable through a cached table of the old paths
+    moved = tmp_path / "moved"
+    shutil.move(copied, moved)
+    frame.attrs["root"] = str(moved)
+    write_manifest(frame, moved / "manifest.parquet")
+    changed = _run(out, moved / "manifest.parquet",
+                   extract=ExtractConfig(audio_weights="random", visual_weights="random", seed=2))
+    states = _task_states(changed.state_details.flow_run_id, 10)
+    assert states["acquire-shard"] == Counter(Completed=5) and states["extract-shard"] == Counter(Completed=5)
+    assert changed.result().extracted == CLIPS
+    assert sorted(changed.result().failures_by_kind.items()) == [("missing", 1), ("undecodable", 1)]
+
     good = sorted(moved.glob("*/*.mp4"))[0]
     shutil.copyfile(good, moved / "corrupt.mp4")  # fixed in place
     shutil.copyfile(good, moved / "gone.mp4")  # the missing file added
