@@ -277,7 +277,7 @@ def _warn_degenerate_cca(method: MethodConfig, batch: int) -> None:
     if hurt and forced:
         warnings.warn(f"{method.name}: CCA within batches of {batch} clips of {method.model.latent}-d latents is "
                       f"degenerate: {forced} canonical correlations are 1 for any data, so {' and '.join(hurt)} "
-                      f"hold chance correlation, not signal (use batches of more than {2 * method.model.latent} "
+                      f"{'hold' if len(hurt) > 1 else 'holds'} chance correlation, not signal (use batches of more than {2 * method.model.latent} "
                       "clips)", stacklevel=3)
 
 

@@ -180,5 +180,5 @@ def test_degenerate_batch_cca_is_named(name, batch, hurt, recwarn):
         TRAIN, VAL, seed=0, scorer=recall_at_1, progress=False)
     found = [str(w.message) for w in recwarn if "CCA within batches" in str(w.message)]
     assert found == ([f"{name}: CCA within batches of {batch} clips of 8-d latents is degenerate: 1 canonical "
-                      f"correlations are 1 for any data, so {hurt} hold chance correlation, not signal "
+                      f"correlations are 1 for any data, so {hurt} {'hold' if ' and ' in hurt else 'holds'} chance correlation, not signal "
                       f"(use batches of more than 16 clips)"] if hurt else [])
