@@ -289,29 +289,17 @@ def _manifest(manifest: Path | None, demo: DemoConfig, demo_clips: int, out: Pat
     return built.frame, "demo"
 
 
-def watch_shards(futures: list[PrefectFuture[ShardOutcome]], *, clips: int, progress: Progress | None = None) -> None:
-    """As shards finish: "shards k/N, clips k/M, failed F" in a progress artifact and a terminal bar.
-
-    ``progress``: the flow's one progress artifact, made before the manifest (which may generate
-    demo videos first); its total becomes the shard count here. None makes a new one.
-    """
-    text = f"shards 0/{len(futures)}, clips 0/{clips}, failed 0"
-    if progress is None:
-        progress = Progress(len(futures), key="build-features-progress", text=text, unit="shard")
-    else:
-        progress.total = max(1, len(futures))
-        progress.bar.reset(total=len(futures))
-        progress.update(0, text)
+def watch_shards(futures: list[PrefectFuture[ShardOutcome]], *, clips: int, progress: Progress) -> None:
+    """As shards finish: "shards k/N, clips k/M, failed F" in ``progress`` (the flow's one progress
+    artifact, made before the manifest, which may generate demo videos first) and its terminal bar."""
+    progress.restart(len(futures), f"shards 0/{len(futures)}, clips 0/{clips}, failed 0")
     shards = done = failed = 0
-    try:
-        for future in as_completed(futures):
-            shards += 1
-            if not future.state.is_failed():
-                outcome = future.result()
-                done, failed = done + outcome.clips, failed + outcome.clips - outcome.extracted
-            progress.update(shards, f"shards {shards}/{len(futures)}, clips {done}/{clips}, failed {failed}")
-    finally:
-        progress.close()
+    for future in as_completed(futures):
+        shards += 1
+        if not future.state.is_failed():
+            outcome = future.result()
+            done, failed = done + outcome.clips, failed + outcome.clips - outcome.extracted
+        progress.update(shards, f"shards {shards}/{len(futures)}, clips {done}/{clips}, failed {failed}")
 
 
 def _summary(outcome: FeatureSetOutcome, extract: ExtractConfig) -> str:
@@ -351,53 +339,49 @@ def build_features(
     demo, segment = demo.to_config(), segment.to_config()
     extract, acquire_config = extract.to_config(clips_per_shard), acquire_config.to_config(Path("."))
     # one progress artifact for the whole run: it says what comes first, then counts shards to 100 %
-    progress = Progress(1, key="build-features-progress", unit="shard",
-                        text=f"generating {demo_clips} demo videos; shards follow" if manifest is None
-                        else "reading the manifest; shards follow")
-    try:
+    with Progress(1, key="build-features-progress", unit="shard",
+                  text=f"generating {demo_clips} demo videos; shards follow" if manifest is None
+                  else "reading the manifest; shards follow") as progress:
         frame, dataset = _manifest(manifest, demo, demo_clips, out)
-    except BaseException:
-        progress.close()
-        raise
-    set_key = digest("features", frame_digest(frame), clips_per_shard, segment, extract_cache_config(extract),
-                     source_digest(*EXTRACT_CODE))
-    root = out / "features" / short(set_key)
-    write_manifest(frame, root / "manifest.parquet")
-    acquire_code, storage = source_digest(*ACQUIRE_CODE), results_dir(out)
-    acquire_task = acquire_shard.with_options(result_storage=storage)
-    extract_task = extract_shard.with_options(result_storage=storage)
-    # the sources' bytes decide what is acquired (and name its media folder); the availability
-    # table holds absolute paths, so the task's key also holds the resolved root, archive and
-    # cache dir: moved data or outputs re-acquire (cheap), while extraction keys stay content-only
-    acquire_settings = replace(acquire_config, cache_dir=Path("."), root=None, archive=None)
-    root_dir = acquire_config.root or manifest_root(frame)
-    acquire_config = replace(acquire_config, root=root_dir.resolve() if root_dir is not None else None,
-                             archive=acquire_config.archive.resolve() if acquire_config.archive else None)
-    sources = SourceIndex(out / "media" / "sources.json")
-    contents = [sources.digest(p) if p is not None else "" for p in
-                (content_path(row, acquire_config) for row in frame.itertuples(index=False))]
-    sources.save()
+        set_key = digest("features", frame_digest(frame), clips_per_shard, segment, extract_cache_config(extract),
+                         source_digest(*EXTRACT_CODE))
+        root = out / "features" / short(set_key)
+        write_manifest(frame, root / "manifest.parquet")
+        acquire_code, storage = source_digest(*ACQUIRE_CODE), results_dir(out)
+        acquire_task = acquire_shard.with_options(result_storage=storage)
+        extract_task = extract_shard.with_options(result_storage=storage)
+        # the sources' bytes decide what is acquired (and name its media folder); the availability
+        # table holds absolute paths, so the task's key also holds the resolved root, archive and
+        # cache dir: moved data or outputs re-acquire (cheap), while extraction keys stay content-only
+        acquire_settings = replace(acquire_config, cache_dir=Path("."), root=None, archive=None)
+        root_dir = acquire_config.root or manifest_root(frame)
+        acquire_config = replace(acquire_config, root=root_dir.resolve() if root_dir is not None else None,
+                                 archive=acquire_config.archive.resolve() if acquire_config.archive else None)
+        sources = SourceIndex(out / "media" / "sources.json")
+        contents = [sources.digest(p) if p is not None else "" for p in
+                    (content_path(row, acquire_config) for row in frame.itertuples(index=False))]
+        sources.save()
 
-    futures = []
-    for index, start in enumerate(range(0, len(frame), clips_per_shard)):
-        rows = frame.iloc[start:start + clips_per_shard].reset_index(drop=True)
-        rows_key = digest(frame_digest(rows), contents[start:start + clips_per_shard])
-        acquire_key = digest("acquire", rows_key, acquire_settings, acquire_code)
-        cache_dir = (out / "media" / short(acquire_key)).resolve()
-        located = replace(acquire_config, cache_dir=cache_dir)
-        availability = acquire_task.submit(AcquireJob(
-            key=digest(acquire_key, str(located.root), str(located.archive), str(cache_dir)), index=index,
-            rows=rows, config=located, lock=out / "locks" / f"acquire-{short(acquire_key)}.lock"))
-        name = f"shard-{index:05d}"
-        job = ExtractJob(
-            key=digest("extract", set_key, rows_key), index=index, rows=rows, segment=segment, extract=extract,
-            shard=root / "shards" / f"{name}.parquet", failures=root / "failures" / f"{name}.parquet",
-            done=root / "done" / f"{name}.json", work=root / "work" / name,
-            lock=out / "locks" / f"{short(set_key)}-{name}.lock", dataset=dataset)
-        # a shard changed or damaged on disk is rebuilt, whatever Prefect's cache says
-        futures.append(extract_task.with_options(refresh_cache=not shard_done(job)).submit(job, availability))
+        futures = []
+        for index, start in enumerate(range(0, len(frame), clips_per_shard)):
+            rows = frame.iloc[start:start + clips_per_shard].reset_index(drop=True)
+            rows_key = digest(frame_digest(rows), contents[start:start + clips_per_shard])
+            acquire_key = digest("acquire", rows_key, acquire_settings, acquire_code)
+            cache_dir = (out / "media" / short(acquire_key)).resolve()
+            located = replace(acquire_config, cache_dir=cache_dir)
+            availability = acquire_task.submit(AcquireJob(
+                key=digest(acquire_key, str(located.root), str(located.archive), str(cache_dir)), index=index,
+                rows=rows, config=located, lock=out / "locks" / f"acquire-{short(acquire_key)}.lock"))
+            name = f"shard-{index:05d}"
+            job = ExtractJob(
+                key=digest("extract", set_key, rows_key), index=index, rows=rows, segment=segment, extract=extract,
+                shard=root / "shards" / f"{name}.parquet", failures=root / "failures" / f"{name}.parquet",
+                done=root / "done" / f"{name}.json", work=root / "work" / name,
+                lock=out / "locks" / f"{short(set_key)}-{name}.lock", dataset=dataset)
+            # a shard changed or damaged on disk is rebuilt, whatever Prefect's cache says
+            futures.append(extract_task.with_options(refresh_cache=not shard_done(job)).submit(job, availability))
 
-    watch_shards(futures, clips=len(frame), progress=progress)
+        watch_shards(futures, clips=len(frame), progress=progress)
     outcomes = [f.result() for f in futures]  # in shard order
     fresh = [o for o, f in zip(outcomes, futures) if f.state.name != "Cached"]
     failures = [f for o in outcomes for f in o.failures]

@@ -20,6 +20,8 @@ def in_terminal() -> bool:
 class Progress:
     """One long stage's progress: ``update(done, text)`` moves the artifact ``key`` and the bar.
 
+    A context manager: leaving it removes the terminal bar.
+
     Args:
         total: units of work in the stage (shards, method x seed runs).
         key: the progress artifact's key (latest version wins in the UI).
@@ -33,6 +35,18 @@ class Progress:
         self.total = max(1, total)
         self.artifact: UUID = create_progress_artifact(0.0, key=key, description=text)
         self.bar = tqdm(total=total, desc=key, unit=unit, disable=not in_terminal(), leave=False)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def restart(self, total: int, text: str) -> None:
+        """Count ``total`` units from 0 again (the stage now knows how much work it has)."""
+        self.total = max(1, total)
+        self.bar.reset(total=total)
+        self.update(0, text)
 
     def update(self, done: int, text: str) -> None:
         """``done`` of ``total`` finished; ``text`` says so in words (shown in the UI and beside the bar)."""

@@ -172,11 +172,10 @@ def finished_row(result: MethodResult) -> dict[str, Any]:
 def watch_runs(futures: list[PrefectFuture[MethodResult]]) -> None:
     """As method x seed runs finish: a progress artifact, a results table that fills in, a terminal bar."""
     total = len(futures)
-    progress = Progress(total, key="train-eval-progress", text=f"0 of {total} method x seed done",
-                        unit="run")
     finished: list[MethodResult] = []
     failed = 0
-    try:
+    with Progress(total, key="train-eval-progress", text=f"0 of {total} method x seed done",
+                  unit="run") as progress:
         for future in as_completed(futures):
             if future.state.is_failed():
                 failed += 1  # done, though failed: the flow raises on it after every run has finished
@@ -194,8 +193,6 @@ def watch_runs(futures: list[PrefectFuture[MethodResult]]) -> None:
                 create_table_artifact([finished_row(r) for r in finished], key="train-eval-finished",
                                       description=f"finished method x seed runs ({len(finished)} of {total}); "
                                                   "test metrics of the epoch selected on val")
-    finally:
-        progress.close()
 
 
 def experiment_key(config: ExperimentConfig, data_key: str) -> str:

@@ -269,11 +269,14 @@ def test_failed_runs_count_as_done_in_train_eval_progress(monkeypatch: pytest.Mo
         def __init__(self, total: int, **_: object) -> None:
             self.total = total
 
+        def __enter__(self) -> "Recorder":
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
         def update(self, done: int, text: str) -> None:
             updates.append((done, text))
-
-        def close(self) -> None:
-            pass
 
     class Future:
         def __init__(self, result: object | None) -> None:
