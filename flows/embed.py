@@ -50,7 +50,8 @@ class EmbedOutcome:
 
 
 def _embed_job(job: EmbedJob) -> Path:
-    from hscmae.embeddings import checkpoint_dir, embed_shard, load_embedder, run_method_config
+    from hscmae.checkpoint import checkpoint_dir
+    from hscmae.embeddings import embed_shard, load_embedder, run_method_config
 
     embedder = load_embedder(run_method_config(job.run_dir, job.method), checkpoint_dir(job.run_dir, job.method, job.seed),
                              dict(job.dims), seed=job.seed, posthoc=job.posthoc)
@@ -128,7 +129,8 @@ def _flow() -> Any:
             videos: a class-folder tree or labels CSV to extract first (instead of ``features``).
         """
         from hscmae.checkpoint import BEST
-        from hscmae.embeddings import SHARD_PATTERN, checkpoint_dir, run_method_config
+        from hscmae.checkpoint import checkpoint_dir
+        from hscmae.embeddings import SHARD_PATTERN, run_method_config
 
         run_dir, out = Path(run).resolve(), Path(out).resolve()
         config = run_method_config(run_dir, method)
@@ -196,8 +198,8 @@ def check_embed(args: argparse.Namespace) -> None:
         check_shards(args.features)
     elif not args.videos.exists():
         raise UserError(f"{args.videos}: no such folder or labels CSV (--videos)")
-    from hscmae.checkpoint import BEST  # torch: only once the paths are known to be there
-    from hscmae.embeddings import checkpoint_dir, run_method_config
+    from hscmae.checkpoint import BEST, checkpoint_dir  # torch: only once the paths are known to be there
+    from hscmae.embeddings import run_method_config
 
     run_method_config(args.run, args.method)
     require_file(checkpoint_dir(args.run, args.method, args.seed) / BEST, f"checkpoint of {args.method} seed {args.seed}")

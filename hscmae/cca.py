@@ -45,6 +45,10 @@ class LinearCCA:
         """``y: [N, Dy]`` -> ``[N, k]`` float64; ``scale`` multiplies each variate by its correlation."""
         return (_float64(y, "y") - self.mean_y) @ self.proj_y * (self.correlations if scale else 1.0)
 
+    def embed(self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """The paired views as retrieval compares them: ``[N, k]`` variates of each, scaled by the correlations."""
+        return self.transform_x(x, scale=True), self.transform_y(y, scale=True)
+
     def save(self, path: str) -> None:
         """Write the fitted arrays as safetensors."""
         save_file({k: np.ascontiguousarray(v) for k, v in vars(self).items()}, path)

@@ -14,6 +14,7 @@ only once that epoch's files are complete, then older epoch directories are remo
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from collections.abc import Mapping
@@ -114,3 +115,8 @@ def load_checkpoint(directory: Path, *, modules: Mapping[str, nn.Module], optimi
     # Loaded on the CPU: load_state_dict moves moment tensors to each parameter's device itself.
     _load_optimizer(optimizer, load_file(str(source / "optimizer.safetensors")), state.pop("optimizer"))
     return state, load_file(str(source / "rng.safetensors"))
+
+
+def checkpoint_dir(run_dir: str | os.PathLike[str], method: str, seed: int) -> Path:
+    """Where a run keeps ``method`` x ``seed``: its selected model, post-hoc CCA and resume state."""
+    return Path(run_dir) / "checkpoints" / f"{method}-seed{seed}"

@@ -70,14 +70,13 @@ class Embedder:
     def embed(self, clips: ClipArrays) -> tuple[np.ndarray, np.ndarray]:
         """``(audio [N, L], visual [N, L])`` float32 output embeddings of ``clips``."""
         if self.method.kind == "closed_form":
-            audio, visual = clips.pooled()
-            return (self.model.transform_x(audio, scale=True).astype(np.float32),
-                    self.model.transform_y(visual, scale=True).astype(np.float32))
+            audio, visual = self.model.embed(*clips.pooled())
+            return audio.astype(np.float32), visual.astype(np.float32)
         from hscmae.train import embed
 
         audio, visual = embed(self.model, clips)
         if self.posthoc is not None:
-            audio, visual = self.posthoc.transform_x(audio, scale=True), self.posthoc.transform_y(visual, scale=True)
+            audio, visual = self.posthoc.embed(audio, visual)
         return audio.astype(np.float32), visual.astype(np.float32)
 
     def meta(self, features: dict[str, Any]) -> dict[str, Any]:
@@ -85,11 +84,6 @@ class Embedder:
         return {"method": self.method.name, "seed": self.seed, "checkpoint": str(self.checkpoint),
                 "checkpoint_sha256": sha256_file(self.checkpoint), "posthoc_cca": self.posthoc is not None,
                 "model": self.method.to_dict(), "features": features}
-
-
-def checkpoint_dir(run_dir: str | os.PathLike[str], method: str, seed: int) -> Path:
-    """Where ``hscmae.experiment`` keeps the selected model of ``method`` x ``seed``."""
-    return Path(run_dir) / "checkpoints" / f"{method}-seed{seed}"
 
 
 def run_method_config(run_dir: str | os.PathLike[str], method: str) -> MethodConfig:

@@ -72,8 +72,7 @@ def select_cca(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.n
     Returns the chosen fit and one ``{"ridge", "val_score"}`` entry per ridge.
     """
     fitted = fit_cca_path(*train, k=k, ridges=ridges)
-    history = [{"ridge": r, "val_score": retrieval_score(c.transform_x(val[0], scale=True),
-                                                         c.transform_y(val[1], scale=True), val_labels)}
+    history = [{"ridge": r, "val_score": retrieval_score(*c.embed(*val), val_labels)}
                for r, c in zip(ridges, fitted)]
     return fitted[int(np.argmax([h["val_score"] for h in history]))], history
 
@@ -90,9 +89,7 @@ def evaluate(audio: np.ndarray, visual: np.ndarray, labels: np.ndarray, *, posth
     out = Evaluation()
     _add(out, _directions(audio, visual, labels, ks, recall_levels), "")
     if posthoc is not None:
-        found = _directions(posthoc.transform_x(audio, scale=True), posthoc.transform_y(visual, scale=True),
-                            labels, ks, recall_levels)
-        _add(out, found, POSTHOC_PREFIX)
+        _add(out, _directions(*posthoc.embed(audio, visual), labels, ks, recall_levels), POSTHOC_PREFIX)
     return out
 
 
@@ -129,7 +126,7 @@ def evaluate_partial(embedder: Embedder, test: ClipArrays, *, posthoc: LinearCCA
         audio, visual = embedder(drop_seconds(test, fraction))
         views = {"": (audio, visual)}
         if posthoc is not None:
-            views[POSTHOC_PREFIX] = (posthoc.transform_x(audio, scale=True), posthoc.transform_y(visual, scale=True))
+            views[POSTHOC_PREFIX] = posthoc.embed(audio, visual)
         for prefix, (a, v) in views.items():
             found = _directions(a, v, test.label_id, (), ())
             maps = {d: r.mean_average_precision for d, r in found.items()}

@@ -30,7 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from hscmae.cca import LinearCCA
-from hscmae.checkpoint import BEST
+from hscmae.checkpoint import BEST, checkpoint_dir
 from hscmae import diagnostics
 from hscmae.config import ExperimentConfig
 from hscmae.data import ClipArrays
@@ -110,7 +110,7 @@ def run_one(method_name: str, seed: int, data: PreparedData, run_dir: str | Path
     """
     config = config or ExperimentConfig(methods=[method_name])
     method = config.method_config(method_name)
-    folder = Path(run_dir) / "checkpoints" / f"{method_name}-seed{seed}"
+    folder = checkpoint_dir(run_dir, method_name, seed)
     start = time.perf_counter()
     posthoc_ridge = None
     if method.kind == "closed_form":
@@ -120,8 +120,7 @@ def run_one(method_name: str, seed: int, data: PreparedData, run_dir: str | Path
         best_epoch = int(np.argmax([h["val_score"] for h in history]))
         _save_cca(cca, folder / BEST)
         def embedder(clips: ClipArrays) -> tuple[np.ndarray, np.ndarray]:
-            audio, visual = clips.pooled()
-            return cca.transform_x(audio, scale=True), cca.transform_y(visual, scale=True)
+            return cca.embed(*clips.pooled())
 
         result = evaluate(*embedder(data.test), data.test.label_id)
         partial = evaluate_partial(embedder, data.test)

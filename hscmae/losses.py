@@ -22,11 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hscmae.cca import fit_cca
+from hscmae.cca import LinearCCA, fit_cca
 
 
 def _whitened_cross_covariance(h1: Tensor, h2: Tensor, *, ridge: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -77,6 +78,16 @@ class CanonicalMap:
     def __init__(self, mean: Mapping[str, Tensor], matrix: Mapping[str, Tensor]) -> None:
         self.mean, self.matrix = dict(mean), dict(matrix)
 
+    @classmethod
+    def from_cca(cls, fitted: LinearCCA, *, dtype: torch.dtype, device: torch.device) -> CanonicalMap:
+        """``fitted``'s centring and correlation-scaled projections (audio: x, visual: y) as tensors."""
+        def tensor(a: np.ndarray) -> Tensor:
+            return torch.as_tensor(a, dtype=dtype, device=device)
+
+        return cls({"audio": tensor(fitted.mean_x), "visual": tensor(fitted.mean_y)},
+                   {"audio": tensor(fitted.proj_x * fitted.correlations),
+                    "visual": tensor(fitted.proj_y * fitted.correlations)})
+
     def __call__(self, z: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {m: (z[m] - self.mean[m]) @ self.matrix[m] for m in self.mean}
 
@@ -91,10 +102,7 @@ def teacher_canonical(teacher: Mapping[str, Tensor], *, ridge: float) -> tuple[d
     audio, visual = teacher["audio"], teacher["visual"]
     k = min(audio.shape[1], visual.shape[1], len(audio) - 1)
     fitted = fit_cca(audio, visual, k=k, ridge=ridge)
-    cmap = CanonicalMap({m: torch.as_tensor(mean, dtype=audio.dtype, device=audio.device)
-                         for m, mean in (("audio", fitted.mean_x), ("visual", fitted.mean_y))},
-                        {m: torch.as_tensor(proj * fitted.correlations, dtype=audio.dtype, device=audio.device)
-                         for m, proj in (("audio", fitted.proj_x), ("visual", fitted.proj_y))})
+    cmap = CanonicalMap.from_cca(fitted, dtype=audio.dtype, device=audio.device)
     return cmap(teacher), cmap
 
 

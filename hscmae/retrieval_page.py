@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from hscmae.embeddings import checkpoint_dir, load_embedder
+from hscmae.checkpoint import checkpoint_dir
+from hscmae.embeddings import load_embedder
 from hscmae.metrics import retrieval_metrics
 from hscmae.search import DIRECTIONS, Index, unit_rows
 from pipeline.atomic import atomic_path

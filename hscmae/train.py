@@ -247,10 +247,8 @@ def fit_cca_projection(model: HSCMAE, train: ClipArrays, *, ridge: float) -> Non
     model.set_output_projection(None)
     audio, visual = embed(model, train)
     fitted = fit_cca(audio, visual, k=model.config.latent, ridge=ridge)
-    model.set_output_projection(
-        center={"audio": torch.from_numpy(fitted.mean_x).float(), "visual": torch.from_numpy(fitted.mean_y).float()},
-        matrix={"audio": torch.from_numpy(fitted.proj_x * fitted.correlations).float(),
-                "visual": torch.from_numpy(fitted.proj_y * fitted.correlations).float()})
+    cmap = losses.CanonicalMap.from_cca(fitted, dtype=torch.float32, device=torch.device("cpu"))
+    model.set_output_projection(center=cmap.mean, matrix=cmap.matrix)
 
 
 @torch.no_grad()

@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from hscmae.embeddings import (EmbeddingError, checkpoint_dir, embed_shard, load_embedder, read_embeddings,
+from hscmae.checkpoint import checkpoint_dir
+from hscmae.embeddings import (EmbeddingError, embed_shard, load_embedder, read_embeddings,
                                run_method_config)
 from hscmae.evaluate import evaluate
 from hscmae.experiment import ExperimentConfig, run_experiment
