@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from hscmae import diagnostics, losses
 from hscmae.cca import fit_cca
 from hscmae.checkpoint import BEST, load_checkpoint, load_module, save_checkpoint, save_module
-from hscmae.config import MethodConfig
+from hscmae.config import LossConfig, MethodConfig
 from hscmae.data import ClipArrays
 from hscmae.model import HSCMAE, mask_elements, mask_seconds
 from pipeline.shards import MODALITIES
@@ -217,10 +217,8 @@ def epoch_diagnostics(run: _Run, data: dict[str, Tensor], train_sample: ClipArra
     n = len(data["audio"])
     idx = torch.randperm(n, generator=g)[:min(run.method.train.batch_size, n)].to(data["audio"].device)
     batch = {k: v[idx] for k, v in data.items() if k in (*MODALITIES, "label")}
-    was_training = run.student.training
-    run.student.eval()
     clean = run.student.standardize(batch)
-    topk = cfg.topk or 5  # methods without soft positives (topk=0) are still rated at the default k
+    topk = cfg.topk or LossConfig.topk  # methods without soft positives (topk=0) are rated at the default k
     figures = {"purity_raw": diagnostics.positive_purity(
         losses.soft_targets(clean, topk=topk, temperature=cfg.teacher_temperature, self_weight=0.0), batch["label"])}
     if run.teacher is not None:
@@ -228,7 +226,6 @@ def epoch_diagnostics(run: _Run, data: dict[str, Tensor], train_sample: ClipArra
         figures["purity_teacher"] = diagnostics.positive_purity(
             losses.soft_targets(canonical, topk=topk, temperature=cfg.teacher_temperature, self_weight=0.0),
             batch["label"])
-    run.student.train(was_training)
     figures["val_canonical_corr"] = diagnostics.validation_correlations(
         embed(run.student, train_sample), val_embedding, ridge=cfg.cca_ridge)
     return figures
@@ -273,9 +270,10 @@ def _warn_degenerate_cca(method: MethodConfig, batch: int) -> None:
     hurt = [name for name, on in (("the global term", method.loss.use_global),
                                   ("the teacher's canonical space", method.loss.needs_teacher)) if on]
     if hurt and forced:
+        verb = "hold" if len(hurt) > 1 else "holds"
         warnings.warn(f"{method.name}: CCA within batches of {batch} clips of {method.model.latent}-d latents is "
                       f"degenerate: {forced} canonical correlations are 1 for any data, so {' and '.join(hurt)} "
-                      f"{'hold' if len(hurt) > 1 else 'holds'} chance correlation, not signal (use batches of more than {2 * method.model.latent} "
+                      f"{verb} chance correlation, not signal (use batches of more than {2 * method.model.latent} "
                       "clips)", stacklevel=3)
 
 
