@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hscmae.synthetic import SyntheticConfig
 from pipeline.errors import UserError
 
@@ -305,18 +303,15 @@ class ExperimentConfig:
 def load_config(path: Path | None, overrides: dict[str, Any]) -> ExperimentConfig:
     """An :class:`ExperimentConfig` from a JSON or YAML file (optional), with non-``None`` ``overrides`` on top.
 
-    Raises :class:`pipeline.errors.UserError` starting with the file name (or "command line") for unreadable files, bad YAML/JSON, unknown keys
-    (named) and invalid values.
+    Raises :class:`pipeline.errors.UserError` starting with the file name (or "command line") for
+    unreadable files, bad YAML/JSON (:func:`pipeline.inputs.read_config_file`), unknown keys (named)
+    and invalid values.
     """
-    data: dict[str, Any] = {}
+    from pipeline.inputs import read_config_file
+
+    data = read_config_file(path) if path is not None else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        if path is not None:
-            text = Path(path).read_text()
-            loaded = json.loads(text) if Path(path).suffix == ".json" else yaml.safe_load(text)
-            if not isinstance(loaded, dict):
-                raise ValueError(f"an experiment config must be a mapping of settings, got {type(loaded).__name__}")
-            data.update(loaded)
-        data.update({k: v for k, v in overrides.items() if v is not None})
         return ExperimentConfig.from_dict(data)
-    except (OSError, ValueError, TypeError, yaml.YAMLError) as exc:
+    except (ValueError, TypeError) as exc:
         raise UserError(f"{path or 'command line'}: {' '.join(str(exc).split())}") from exc
