@@ -8,7 +8,10 @@ With centred ``X [N, Dx]``, ``Y [N, Dy]``: ``Cxx = X'X/(N-1) + r_x I`` where
 the same for 128-d and 2048-d inputs), likewise ``Cyy``; ``T = Cxx^-1/2 Cxy Cyy^-1/2 = U S V'``;
 projections ``A = Cxx^-1/2 U_k``, ``B = Cyy^-1/2 V_k``; canonical correlations ``S_k``.
 Computed through thin SVDs of the centred data, so 2048-d inputs with fewer rows stay cheap
-(nothing ``D x D`` is ever formed).
+(nothing ``D x D`` is ever formed). The fit runs in torch (:func:`fit_cca_tensors`): on the data's
+device, and on torch's own CPU threads. NumPy's BLAS keeps a second pool of spinning threads, and
+calling it between torch operations in every training step (the teacher's batch CCA) made the
+two pools fight over the cores: 100 ms of a 320 ms step on 2 cores (``bench/bench_train.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.numpy import load_file, save_file
+from torch import Tensor
 
 
 @dataclass
@@ -65,7 +70,15 @@ def _float64(a: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
     return out.astype(np.float64, copy=False)
 
 
-def _spectrum(centred: np.ndarray, ridge_zero: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def _tensor64(a: np.ndarray | torch.Tensor, name: str) -> Tensor:
+    """``a: [N, D]`` as a float64 tensor (a tensor stays on its device)."""
+    out = a.detach() if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+    if out.ndim != 2:
+        raise ValueError(f"{name}: expected [N, D], got shape {tuple(out.shape)}")
+    return out.to(torch.float64)
+
+
+def _spectrum(centred: Tensor, ridge_zero: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Thin SVD ``centred = U S V'`` with null directions dropped: ``U S``, ``V``, ``S^2/(N-1)`` and the mean variance.
 
     Comes from the eigendecomposition of the smaller of ``X'X`` and ``XX'``; the regularised
@@ -73,48 +86,57 @@ def _spectrum(centred: np.ndarray, ridge_zero: bool) -> tuple[np.ndarray, np.nda
     """
     n, d = centred.shape
     wide = n < d
-    values, vectors = np.linalg.eigh(centred @ centred.T if wide else centred.T @ centred)
+    values, vectors = torch.linalg.eigh(centred @ centred.T if wide else centred.T @ centred)
     mean_var = values.sum() / (n - 1) / d
     keep = values > 1e-12 * values[-1]
-    if ridge_zero and (n - 1 < d or not keep.all()):
+    if ridge_zero and (n - 1 < d or not bool(keep.all())):
         raise ValueError(f"covariance is singular ({n} rows for {d} dims or collinear columns); use ridge > 0")
     values, vectors = values[keep], vectors[:, keep]
-    s = np.sqrt(values)
+    s = values.sqrt()
     us, v = (vectors * s, centred.T @ vectors / s) if wide else (centred @ vectors, vectors)
     return us, v, values / (n - 1), mean_var
 
 
-def fit_cca_path(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, *, k: int,
-                 ridges: Sequence[float]) -> list[LinearCCA]:
+def fit_cca_tensors(x: np.ndarray | Tensor, y: np.ndarray | Tensor, *, k: int,
+                    ridges: Sequence[float]) -> list[dict[str, Tensor]]:
     """Fit linear CCA on paired training data ``x: [N, Dx]``, ``y: [N, Dy]`` keeping ``k`` dims, once per ridge.
 
     Each ``ridge >= 0`` is relative to each side's mean variance; ``ridge=0`` is plain CCA and
-    needs full-rank covariances (``N > D``). The decompositions are shared by all ridges.
+    needs full-rank covariances (``N > D``). The decompositions are shared by all ridges. Computed
+    in float64 on the device of ``x`` (tensors stay there, so a CUDA batch makes no host round
+    trip). Returns, per ridge, :class:`LinearCCA`'s fields as float64 tensors.
     """
-    x, y = _float64(x, "x"), _float64(y, "y")
+    x, y = _tensor64(x, "x"), _tensor64(y, "y").to(x.device)
     if len(x) != len(y) or len(x) < 2:
         raise ValueError(f"x and y need the same number of rows (>= 2), got {len(x)} and {len(y)}")
     if not 1 <= k <= min(x.shape[1], y.shape[1], len(x)):
         raise ValueError(f"k={k} must be in [1, min(Dx, Dy, N)={min(x.shape[1], y.shape[1], len(x))}]")
     if not ridges or min(ridges) < 0:
         raise ValueError(f"ridges must be >= 0, got {list(ridges)}")
-    mean_x, mean_y = x.mean(axis=0), y.mean(axis=0)
+    mean_x, mean_y = x.mean(dim=0), y.mean(dim=0)
     usx, vx, var_x, mean_var_x = _spectrum(x - mean_x, min(ridges) == 0)
     usy, vy, var_y, mean_var_y = _spectrum(y - mean_y, min(ridges) == 0)
     cross = usx.T @ usy / (len(x) - 1)
     fitted = []
     for ridge in ridges:
         # T = Cxx^-1/2 Cxy Cyy^-1/2 = Vx M Vy' with the small M below; only the data's span matters
-        fx, fy = 1.0 / np.sqrt(var_x + ridge * mean_var_x), 1.0 / np.sqrt(var_y + ridge * mean_var_y)
-        p, s, qt = np.linalg.svd(fx[:, None] * cross * fy[None, :])
+        fx, fy = (var_x + ridge * mean_var_x).rsqrt(), (var_y + ridge * mean_var_y).rsqrt()
+        p, s, qt = torch.linalg.svd(fx[:, None] * cross * fy[None, :], full_matrices=False)
         # past the data's rank (collinear columns): zero directions with correlation 0, so every fit is k wide
-        kk, pad = min(k, len(s)), ((0, 0), (0, k - min(k, len(s))))
-        fitted.append(LinearCCA(mean_x=mean_x, mean_y=mean_y, proj_x=np.pad(vx @ (fx[:, None] * p[:, :kk]), pad),
-                                proj_y=np.pad(vy @ (fy[:, None] * qt[:kk].T), pad),
-                                correlations=np.pad(s[:kk], (0, k - kk))))
+        kk = min(k, len(s))
+        fitted.append({"mean_x": mean_x, "mean_y": mean_y,
+                       "proj_x": F.pad(vx @ (fx[:, None] * p[:, :kk]), (0, k - kk)),
+                       "proj_y": F.pad(vy @ (fy[:, None] * qt[:kk].T), (0, k - kk)),
+                       "correlations": F.pad(s[:kk], (0, k - kk))})
     return fitted
 
 
-def fit_cca(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, *, k: int, ridge: float = 1e-3) -> LinearCCA:
-    """Fit linear CCA with one ``ridge`` (see :func:`fit_cca_path`)."""
+def fit_cca_path(x: np.ndarray | Tensor, y: np.ndarray | Tensor, *, k: int, ridges: Sequence[float]) -> list[LinearCCA]:
+    """:func:`fit_cca_tensors` as fitted :class:`LinearCCA` objects (NumPy arrays)."""
+    return [LinearCCA(**{name: t.cpu().numpy() for name, t in fit.items()})
+            for fit in fit_cca_tensors(x, y, k=k, ridges=ridges)]
+
+
+def fit_cca(x: np.ndarray | Tensor, y: np.ndarray | Tensor, *, k: int, ridge: float = 1e-3) -> LinearCCA:
+    """Fit linear CCA with one ``ridge`` (see :func:`fit_cca_tensors`)."""
     return fit_cca_path(x, y, k=k, ridges=[ridge])[0]

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hscmae.cca import LinearCCA, fit_cca
+from hscmae.cca import fit_cca_tensors
 
 
 def _whitened_cross_covariance(h1: Tensor, h2: Tensor, *, ridge: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -79,14 +78,12 @@ class CanonicalMap:
         self.mean, self.matrix = dict(mean), dict(matrix)
 
     @classmethod
-    def from_cca(cls, fitted: LinearCCA, *, dtype: torch.dtype, device: torch.device) -> CanonicalMap:
-        """``fitted``'s centring and correlation-scaled projections (audio: x, visual: y) as tensors."""
-        def tensor(a: np.ndarray) -> Tensor:
-            return torch.as_tensor(a, dtype=dtype, device=device)
-
-        return cls({"audio": tensor(fitted.mean_x), "visual": tensor(fitted.mean_y)},
-                   {"audio": tensor(fitted.proj_x * fitted.correlations),
-                    "visual": tensor(fitted.proj_y * fitted.correlations)})
+    def from_cca(cls, fitted: Mapping[str, Tensor], *, dtype: torch.dtype) -> CanonicalMap:
+        """A fit's centring and correlation-scaled projections (audio: x, visual: y), from
+        :func:`hscmae.cca.fit_cca_tensors`, as ``dtype`` tensors on the fit's device."""
+        return cls({"audio": fitted["mean_x"].to(dtype), "visual": fitted["mean_y"].to(dtype)},
+                   {"audio": (fitted["proj_x"] * fitted["correlations"]).to(dtype),
+                    "visual": (fitted["proj_y"] * fitted["correlations"]).to(dtype)})
 
     def __call__(self, z: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {m: (z[m] - self.mean[m]) @ self.matrix[m] for m in self.mean}
@@ -101,8 +98,7 @@ def teacher_canonical(teacher: Mapping[str, Tensor], *, ridge: float) -> tuple[d
     """
     audio, visual = teacher["audio"], teacher["visual"]
     k = min(audio.shape[1], visual.shape[1], len(audio) - 1)
-    fitted = fit_cca(audio, visual, k=k, ridge=ridge)
-    cmap = CanonicalMap.from_cca(fitted, dtype=audio.dtype, device=audio.device)
+    cmap = CanonicalMap.from_cca(fit_cca_tensors(audio, visual, k=k, ridges=[ridge])[0], dtype=audio.dtype)
     return cmap(teacher), cmap
 
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from hscmae import diagnostics, losses
-from hscmae.cca import fit_cca
+from hscmae.cca import fit_cca_tensors
 from hscmae.checkpoint import BEST, load_checkpoint, load_module, save_checkpoint, save_module
 from hscmae.config import LossConfig, MethodConfig
 from hscmae.data import ClipArrays
@@ -238,13 +238,13 @@ def fit_cca_projection(model: HSCMAE, train: ClipArrays, *, ridge: float) -> Non
     Without the local (InfoNCE) term nothing ties the two modalities' latent coordinates together:
     deep CCA is blind to any invertible linear map of either side. Its learned latents are
     compared after linear CCA (Andrew et al. 2013), fitted here on the training clips with
-    :func:`hscmae.cca.fit_cca` (relative ridge, variates scaled by their correlations, as the
+    :func:`hscmae.cca.fit_cca_tensors` (relative ridge, variates scaled by their correlations, as the
     post-hoc column and the ``linear-cca`` baseline).
     """
     model.set_output_projection(None)
     audio, visual = embed(model, train)
-    fitted = fit_cca(audio, visual, k=model.config.latent, ridge=ridge)
-    cmap = losses.CanonicalMap.from_cca(fitted, dtype=torch.float32, device=torch.device("cpu"))
+    fitted = fit_cca_tensors(audio, visual, k=model.config.latent, ridges=[ridge])[0]
+    cmap = losses.CanonicalMap.from_cca(fitted, dtype=torch.float32)
     model.set_output_projection(center=cmap.mean, matrix=cmap.matrix)
 
 
@@ -289,7 +289,7 @@ def _build(method: MethodConfig, train: ClipArrays, *, seed: int, device: torch.
     optimizer = torch.optim.AdamW([
         {"params": list(student.parameters()), "weight_decay": tc.weight_decay, "base_lr": tc.lr},
         {"params": list(weights.parameters()), "weight_decay": 0.0, "base_lr": tc.weights_lr},
-    ], lr=tc.lr)
+    ], lr=tc.lr, fused=True)  # one kernel per step instead of a loop over tensors (CPU and CUDA)
     return _Run(method=method, student=student, teacher=teacher, weights=weights, optimizer=optimizer,
                 generator=torch.Generator().manual_seed(seed),
                 steps_per_epoch=max(1, len(train) // tc.batch_size))

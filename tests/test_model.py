@@ -9,7 +9,7 @@ import torch
 
 from hscmae.config import LOSS_TERMS, MODEL_PRESETS, MethodConfig, ModelConfig, methods
 from hscmae.data import ClipArrays
-from hscmae.model import HSCMAE, mask_elements, mask_seconds
+from hscmae.model import HSCMAE, Dropout, mask_elements, mask_seconds
 from hscmae.train import embed
 from pipeline.shards import FeatureSet
 
@@ -63,6 +63,21 @@ def test_mask_elements_zeroes_a_ratio_of_entries_and_rescales_the_rest():
     _, again = mask_elements(x, ratio=0.3, generator=torch.Generator().manual_seed(0))
     assert torch.equal(mask, again)
     assert not torch.equal(mask[0], mask[1])
+
+
+def test_dropout_zeroes_a_share_p_scales_the_rest_and_backpropagates_through_the_mask():
+    torch.manual_seed(0)
+    p, n = 0.2, 200_000
+    x = torch.full((n,), 3.0, requires_grad=True)
+    drop = Dropout(p)
+    y = drop(x)
+    zeroed = (y == 0).double().mean().item()
+    assert abs(zeroed - p) < 4 * np.sqrt(p * (1 - p) / n)  # binomial bound
+    torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 3.0 / (1 - p)))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (y.detach() / 3.0))  # d y / d x = mask / (1 - p)
+    assert torch.equal(drop.eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
 
 
 def test_mask_seconds_drops_seconds_from_the_mean():
