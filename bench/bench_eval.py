@@ -58,7 +58,7 @@ def clips(seed: int) -> ClipArrays:
 def sklearn_loop(queries: np.ndarray, gallery: np.ndarray, labels: np.ndarray) -> float:
     scores = cosine_similarity(queries.astype(np.float64), gallery.astype(np.float64))
     return float(np.mean([average_precision_score(labels == labels[i], scores[i])
-                          for i in tqdm(range(len(scores)), desc="sklearn per-query loop")]))
+                          for i in tqdm(range(len(scores)), desc="sklearn per-query loop", disable=None)]))
 
 
 def sort_floors(queries: np.ndarray, gallery: np.ndarray) -> tuple[Callable[[], object], Callable[[], object]]:

@@ -72,10 +72,11 @@ def _float64(a: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
 
 def _tensor64(a: np.ndarray | torch.Tensor, name: str) -> Tensor:
     """``a: [N, D]`` as a float64 tensor (a tensor stays on its device)."""
-    out = a.detach() if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+    out = a.detach().to(torch.float64) if isinstance(a, torch.Tensor) else \
+        torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))  # native byte order, one copy at most
     if out.ndim != 2:
         raise ValueError(f"{name}: expected [N, D], got shape {tuple(out.shape)}")
-    return out.to(torch.float64)
+    return out
 
 
 def _spectrum(centred: Tensor, ridge_zero: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -106,7 +107,8 @@ def fit_cca_tensors(x: np.ndarray | Tensor, y: np.ndarray | Tensor, *, k: int,
     in float64 on the device of ``x`` (tensors stay there, so a CUDA batch makes no host round
     trip). Returns, per ridge, :class:`LinearCCA`'s fields as float64 tensors.
     """
-    x, y = _tensor64(x, "x"), _tensor64(y, "y").to(x.device)
+    x = _tensor64(x, "x")
+    y = _tensor64(y, "y").to(x.device)
     if len(x) != len(y) or len(x) < 2:
         raise ValueError(f"x and y need the same number of rows (>= 2), got {len(x)} and {len(y)}")
     if not 1 <= k <= min(x.shape[1], y.shape[1], len(x)):

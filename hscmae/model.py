@@ -36,11 +36,11 @@ class Dropout(nn.Dropout):
     Same distribution, and no parameters or buffers, so checkpoints are unchanged. PyTorch's CPU
     ``bernoulli_`` draws one double at a time on one thread: 2.3 ms for a ``[512, 1024]`` mask against
     1.1 ms for ``rand``, which made dropout 12 % of a training step at the ``paper`` preset
-    (``bench/bench_train.py``). CUDA keeps the fused ``F.dropout`` kernel.
+    (``bench/bench_train.py``). Other devices (CUDA: a fused kernel) keep ``F.dropout``.
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0 or x.is_cuda:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu":
             return super().forward(x)
         keep = (torch.rand_like(x) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
         return x * keep

@@ -121,7 +121,7 @@ def _from_archive(rows: list[object], config: AcquireConfig) -> list[dict[str, o
     cache = Path(config.cache_dir) / archive.stem
     with zipfile.ZipFile(archive) as bundle:
         names = set(bundle.namelist())
-        for row, member in tqdm(list(zip(rows, members)), desc=f"extract {archive.name}", unit="clip"):
+        for row, member in tqdm(list(zip(rows, members)), desc=f"extract {archive.name}", unit="clip", disable=None):
             if str(member) not in names:
                 out.append(_local_row(row, None, f"{archive}: no member {member}"))
                 continue

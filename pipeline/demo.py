@@ -239,7 +239,7 @@ def write_demo(out: str | os.PathLike[str], clips: int, *, config: DemoConfig = 
     out = Path(out)
     jobs = [(i, config, out) for i in range(clips)]
     workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
-    progress = dict(total=clips, desc="demo clips", unit="clip")
+    progress = dict(total=clips, desc="demo clips", unit="clip", disable=None)  # None: off unless a terminal
     if workers > 1 and clips > 4:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             rows = list(tqdm(pool.map(_write_clip, jobs, chunksize=4), **progress))

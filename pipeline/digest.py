@@ -16,7 +16,7 @@ def sha256_file(path: str | os.PathLike[str], *, progress: bool = False) -> str:
     digest = hashlib.sha256()
     size = Path(path).stat().st_size
     with open(path, "rb") as fh, tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {Path(path).name}",
-                                      disable=not progress, leave=False) as bar:
+                                      disable=None if progress else True, leave=False) as bar:
         while block := fh.read(_BLOCK):
             digest.update(block)
             bar.update(len(block))

@@ -197,7 +197,7 @@ def import_ave_features(audio_h5: str | os.PathLike[str], visual_h5: str | os.Pa
                 "dataset": card.name, "source": "published features"}
         with staged_dir(out_dir, audio_h5) as staging:
             writer = ShardWriter(directory=staging, meta=meta, size=shard_size)
-            for start in tqdm(range(0, n_rows, read_chunk), desc="import AVE features", unit="chunk"):
+            for start in tqdm(range(0, n_rows, read_chunk), desc="import AVE features", unit="chunk", disable=None):
                 stop = min(start + read_chunk, n_rows)
                 chosen = np.array([i for i in range(start, stop) if i in wanted], dtype=np.int64)
                 if not len(chosen):

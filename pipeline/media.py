@@ -225,7 +225,7 @@ def segment_manifest(
         offset = float(offsets.get(row.clip_id, 0.0))
         jobs.append((row.clip_id, str(local_paths[row.clip_id]), max(0.0, row.clip_start_s - offset),
                      row.clip_end_s - offset, target, config))
-    progress = dict(total=len(jobs), desc="segment", unit="clip")
+    progress = dict(total=len(jobs), desc="segment", unit="clip", disable=None)  # None: off unless a terminal
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = list(tqdm(pool.map(_segment_job, jobs, chunksize=2), **progress))

@@ -145,7 +145,7 @@ def download_all(
                 kept[old["clip_id"]] = old
     results = []
     todo = [row for row in rows.itertuples(index=False) if row.clip_id not in kept]
-    for number, row in enumerate(tqdm(todo, desc="youtube", unit="clip")):
+    for number, row in enumerate(tqdm(todo, desc="youtube", unit="clip", disable=None)):
         if number and config.sleep_between_s:
             sleep(config.sleep_between_s)
         results.append(download_clip(row.clip_id, str(row.source), float(row.clip_start_s), float(row.clip_end_s),
