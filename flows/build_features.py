@@ -92,7 +92,7 @@ from prefect.tasks import exponential_backoff  # noqa: E402
 from extractors.extract import ClipJob, ExtractConfig, Extractors, extract_features  # noqa: E402
 from flows.params import AcquireSettings, DemoSettings, ExtractSettings, SegmentSettings  # noqa: E402
 from flows.progress import Progress  # noqa: E402
-from flows.common import (apply_verbosity, digest, frame_digest, key_of, link_dir, output_root,  # noqa: E402
+from flows.common import (apply_verbosity, check_flow_parameters, digest, frame_digest, key_of, link_dir, output_root,  # noqa: E402
                           results_dir, runner_from_arguments, short, source_digest, task_runner)
 from pipeline.acquire import (AcquireConfig, acquire, availability_failures, available_sources,  # noqa: E402
                               content_path)
@@ -418,10 +418,12 @@ def weights_config(args: argparse.Namespace) -> ExtractConfig:
 def main(argv: list[str] | None = None) -> FeatureSetOutcome:
     args = check_arguments(parse_arguments(argv))
     apply_verbosity(args)
+    parameters = dict(manifest=args.manifest, demo_clips=args.demo_clips, demo=DemoConfig(seconds=args.demo_seconds),
+                      out=args.out, clips_per_shard=args.clips_per_shard,
+                      acquire_config=AcquireConfig(root=args.root, archive=args.archive), extract=weights_config(args))
+    check_flow_parameters(build_features, parameters, debug=args.debug)
     run = build_features.with_options(task_runner=runner_from_arguments(args))
-    return run(manifest=args.manifest, demo_clips=args.demo_clips, demo=DemoConfig(seconds=args.demo_seconds),
-               out=args.out, clips_per_shard=args.clips_per_shard,
-               acquire_config=AcquireConfig(root=args.root, archive=args.archive), extract=weights_config(args))
+    return run(**parameters)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 if TYPE_CHECKING:  # imported where used, so a CLI's --help answers before pandas and Prefect load
     import pandas as pd
+    from prefect import Flow
     from prefect.cache_policies import CachePolicy
     from prefect.context import TaskRunContext
     from prefect.task_runners import TaskRunner
@@ -177,6 +178,32 @@ def apply_verbosity(args: argparse.Namespace) -> None:
     """Let Dask (here and in its worker processes) log INFO when ``--verbose`` was given."""
     if args.verbose:
         os.environ[DASK_LOGGING_ENV] = "info"
+
+
+def check_flow_parameters(flow_: Flow, parameters: Mapping[str, Any], *, where: str | os.PathLike[str] | None = None,
+                          debug: bool = False) -> None:
+    """Check ``parameters`` against ``flow_``'s typed signature, the bounds its run form enforces in the UI.
+
+    A command line calls this before the flow: a value out of bounds is one ``error:`` line naming
+    the parameter and exit status 2, before a server starts or a run exists (the flow itself would
+    check only after both, with a traceback). The line starts with ``where`` (e.g. the config file the
+    values came from), else the flow's name.
+    """
+    from prefect.exceptions import ParameterTypeError
+
+    from pipeline.errors import UserError, user_errors
+
+    quiet = logging.getLogger("prefect.flows")  # it logs every bad value with a dump of all parameters
+    with user_errors(debug):
+        try:
+            quiet.disabled = True
+            flow_.validate_parameters(dict(parameters))
+        except ParameterTypeError as exc:
+            lines = str(exc).splitlines()  # "Flow run received invalid parameters:", then " - name: problem"
+            problems = [line.strip().removeprefix("- ") for line in lines[1:]] or lines
+            raise UserError(f"{where or flow_.name}: {'; '.join(problems)}") from None
+        finally:
+            quiet.disabled = False
 
 
 def task_runner(kind: str = "thread", *, address: str | None = None, workers: int = 2,

@@ -62,7 +62,7 @@ from pydantic import Field  # noqa: E402
 from pydantic.json_schema import SkipJsonSchema  # noqa: E402
 
 from flows.build_features import build_features  # noqa: E402
-from flows.common import output_root, task_runner  # noqa: E402
+from flows.common import check_flow_parameters, output_root, task_runner  # noqa: E402
 from flows.params import DemoSettings, ExperimentSettings, ExtractSettings, Seed, VisualModel  # noqa: E402
 from flows.train_eval import TrainEvalOutcome, train_eval  # noqa: E402
 
@@ -101,9 +101,10 @@ def demo(
 def main(argv: list[str] | None = None) -> TrainEvalOutcome:
     args = check_arguments(parse_arguments(argv))
     apply_verbosity(args)
-    outcome = demo(
-        clips=args.clips, seconds=args.seconds, visual_model=args.visual_model, seeds=args.seeds,
-        epochs=args.epochs, batch_size=args.batch_size, out=args.out, runs_root=args.runs_root)
+    parameters = dict(clips=args.clips, seconds=args.seconds, visual_model=args.visual_model, seeds=args.seeds,
+                      epochs=args.epochs, batch_size=args.batch_size, out=args.out, runs_root=args.runs_root)
+    check_flow_parameters(demo, parameters, debug=args.debug)
+    outcome = demo(**parameters)
     # train-eval has logged the table and the run directory
     print(f"Retrieval page: {(outcome.run_dir / 'retrieval.html').resolve()}")
     return outcome

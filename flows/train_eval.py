@@ -78,7 +78,7 @@ from pydantic.json_schema import SkipJsonSchema  # noqa: E402
 
 from flows.params import ExperimentSettings  # noqa: E402
 from flows.progress import Progress  # noqa: E402
-from flows.common import (apply_verbosity, digest, file_url, files_digest, key_of, link_dir, link_files,  # noqa: E402
+from flows.common import (apply_verbosity, check_flow_parameters, digest, file_url, files_digest, key_of, link_dir, link_files,  # noqa: E402
                           output_root, results_dir, runner_from_arguments, short, source_digest, task_runner)
 from hscmae.checkpoint import EPOCH_DIR, LAST  # noqa: E402
 from hscmae.experiment import ExperimentConfig, MethodResult, PreparedData, prepare, run_one, summarise  # noqa: E402
@@ -270,8 +270,10 @@ def main(argv: list[str] | None = None) -> TrainEvalOutcome:
     if args.print_config:
         print(yaml.safe_dump(args.experiment.resolved(), sort_keys=False), end="")
         raise SystemExit(0)
+    parameters = dict(config=args.experiment, out=args.out, keep_resume_state=args.keep_resume_state)
+    check_flow_parameters(train_eval, parameters, where=args.config, debug=args.debug)
     run = train_eval.with_options(task_runner=runner_from_arguments(args))
-    return run(ExperimentSettings.model_validate(args.experiment), out=args.out, keep_resume_state=args.keep_resume_state)
+    return run(**{**parameters, "config": ExperimentSettings.model_validate(args.experiment)})
 
 
 if __name__ == "__main__":

@@ -268,6 +268,8 @@ def test_every_cli_answers_bad_input_with_one_line_and_status_2(tmp_path):
                         str(tmp_path / "shards")), f"error: {tmp_path / 'bad.h5'}: not a readable HDF5 file ("),
         "train": (_cli("flows.train_eval", "--features", str(tmp_path / "none")),
                   f"error: {tmp_path / 'none'}: no such feature shard folder or file"),
+        "bounds": (_cli("flows.demo", "--clips", "5", "--out", str(tmp_path / "shards")),
+                   "error: demo: clips: Input should be greater than or equal to 10"),
         "debug": (_cli("pipeline.manifest", "folder", "--source", str(tmp_path / "none.csv"), "--out", str(out),
                        "--debug"), None),
     }
@@ -289,12 +291,20 @@ def test_every_cli_answers_bad_input_with_one_line_and_status_2(tmp_path):
     ("flows.build_features", ["--clips-per-shard", "0"], "error: --clips-per-shard: must be > 0, got 0"),
     ("flows.demo", ["--clips", "0"], "error: --clips: must be > 0, got 0"),
     ("flows.train_eval", ["--epochs", "0"], "error: --epochs: must be > 0, got 0"),
+    # bounds of the flows' typed signatures (the UI's run forms), checked before a server or run starts
+    ("flows.demo", ["--clips", "5", "--seconds", "1000"],
+     "error: demo: clips: Input should be greater than or equal to 10; seconds: Input should be less than or equal to 600"),
+    ("flows.build_features", ["--demo-seconds", "1000"],
+     "error: build-features: demo.seconds: Input should be less than or equal to 600"),
+    ("flows.train_eval", ["--config", "{tmp}/c.yaml"], "error: {tmp}/c.yaml: config.val_fraction: Input should be greater than 0"),
 ])
 def test_flow_mains_check_before_starting_prefect(tmp_path, capsys, module, args, line):
+    (tmp_path / "c.yaml").write_text("val_fraction: 0\n")
     main = __import__(module, fromlist=["main"]).main
     with pytest.raises(SystemExit) as exit_:
-        main([a.format(tmp=tmp_path) for a in args])
+        main([a.format(tmp=tmp_path) for a in args] + ["--out", str(tmp_path / "out")])
     assert exit_.value.code == 2 and capsys.readouterr().err == line.format(tmp=tmp_path) + "\n"
+    assert not (tmp_path / "out").exists()
 
 
 def test_user_errors_are_value_errors():
