@@ -121,28 +121,36 @@ def assign_splits(rows: Sequence[AveRow], split_files: Mapping[str, str | os.Pat
     """The split of each annotation row, found by matching split-file lines to annotation lines.
 
     Raises :class:`ManifestError` for a split line that matches no annotation, a row listed
-    twice, or an annotation row that no split file lists.
+    twice, or an annotation row that no split file lists; each file's bad lines all at once.
     """
-    index = {}
+    index: dict[tuple, int] = {}
+    repeats = []
     for i, row in enumerate(rows):
         if row.key in index:
             first = rows[index[row.key]]
-            raise ManifestError(f"{row.path}, line {row.line}: repeats line {first.line} ({row.ytid}, {row.category!r})")
-        index[row.key] = i
+            repeats.append(RowProblem(f"line {row.line}", "event", f"{row.ytid} {row.category!r} {row.start:g}-{row.end:g}",
+                                      f"repeats line {first.line}"))
+        index.setdefault(row.key, i)
+    if repeats:
+        raise ManifestError.of(rows[0].path, repeats)
     split_of: dict[int, tuple[str, str]] = {}
     for split, path in split_files.items():
         if split not in SPLITS:
             raise ManifestError(f"{path}: unknown split {split!r} (expected one of {SPLITS})")
+        problems = []
         for entry in read_ave_lines(path, classes):
-            at = f"{path}, line {entry.line}"
-            if entry.key not in index:
-                raise ManifestError(f"{at}: {entry.ytid} {entry.category!r} {entry.start:g}-{entry.end:g} "
-                                    "matches no annotation line")
-            i = index[entry.key]
-            if i in split_of:
-                raise ManifestError(f"{at}: annotation line {rows[i].line} is already in split "
-                                    f"{split_of[i][0]!r} ({split_of[i][1]})")
-            split_of[i] = (split, at)
+            where, i = f"line {entry.line}", index.get(entry.key)
+            if i is None:
+                problems.append(RowProblem(where, "event", f"{entry.ytid} {entry.category!r} {entry.start:g}-{entry.end:g}",
+                                           "matches no annotation line"))
+            elif i in split_of:
+                problems.append(RowProblem(where, "event", f"{entry.ytid} {entry.category!r} {entry.start:g}-{entry.end:g}",
+                                           f"annotation line {rows[i].line} is already in split {split_of[i][0]!r} "
+                                           f"({split_of[i][1]})"))
+            else:
+                split_of[i] = (split, f"{path}, {where}")
+        if problems:
+            raise ManifestError.of(str(path), problems)
     unsplit = [rows[i] for i in range(len(rows)) if i not in split_of]
     if unsplit:
         raise ManifestError(f"{unsplit[0].path}, line {unsplit[0].line}: {len(unsplit)} annotation rows are in "

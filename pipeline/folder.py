@@ -198,12 +198,15 @@ def read_split_file(path: str | os.PathLike[str], frame: pd.DataFrame) -> np.nda
     key = next((k for k in ("clip_id", "path") if k in table.columns), None)
     if key is None or "split" not in table.columns:
         raise ManifestError(f"{path}: needs columns (clip_id or path) and split, has {list(table.columns)}")
-    bad = np.flatnonzero(~table["split"].isin(SPLITS).to_numpy())
-    if len(bad):
-        raise ManifestError(f"{path}, line {int(bad[0]) + 2}: split {table.at[int(bad[0]), 'split']!r} is not one of {SPLITS}")
-    dup = np.flatnonzero(table[key].duplicated().to_numpy())
-    if len(dup):
-        raise ManifestError(f"{path}, line {int(dup[0]) + 2}: {key} {table.at[int(dup[0]), key]!r} listed twice")
+    problems, first_line = [], {}
+    for number, (name, split) in enumerate(zip(table[key], table["split"]), start=2):  # line 1 is the header
+        if split not in SPLITS:
+            problems.append(RowProblem(f"line {number}", "split", repr(split), f"not one of {SPLITS}"))
+        if name in first_line:
+            problems.append(RowProblem(f"line {number}", key, repr(name), f"listed twice (first on line {first_line[name]})"))
+        first_line.setdefault(name, number)
+    if problems:  # every bad line at once
+        raise ManifestError.of(str(path), problems)
     mapping = dict(zip(table[key], table["split"]))
     split = frame[key].map(mapping)
     if split.isna().any():

@@ -93,6 +93,16 @@ def test_vegas_split_file_replaces_the_default(vegas_tree, tmp_path):
     pd.DataFrame({"clip_id": default["clip_id"][:-1], "split": chosen[:-1]}).to_csv(split_file, index=False)
     with pytest.raises(ManifestError, match=re.escape(f"{split_file}: no split for clip_id {default['clip_id'].iloc[-1]!r}")):
         build_vegas_manifest(root, split_file=split_file)
+    # every bad line at once: a split name that is not one, and a clip listed twice
+    ids, splits = list(default["clip_id"]), list(chosen)
+    splits[1] = "dev"
+    pd.DataFrame({"clip_id": ids + [ids[0]], "split": splits + ["test"]}).to_csv(split_file, index=False)
+    with pytest.raises(ManifestError) as error:
+        build_vegas_manifest(root, split_file=split_file)
+    assert [(p.line, p.column, p.problem) for p in error.value.problems] == [
+        ("line 3", "split", "not one of ('train', 'val', 'test')"),
+        (f"line {len(ids) + 2}", "clip_id", "listed twice (first on line 2)")]
+    assert str(error.value).startswith(f"{split_file}: 2 problems in 2 rows (line | column | value | problem):")
 
 
 def test_clip_id_from_path_is_safe_and_stable():
