@@ -358,7 +358,7 @@ def build_features(
         acquire_config = replace(acquire_config, root=root_dir.resolve() if root_dir is not None else None,
                                  archive=acquire_config.archive.resolve() if acquire_config.archive else None)
         sources = SourceIndex(out / "media" / "sources.json")
-        contents = [sources.digest(p) if p is not None else "" for p in
+        contents = [sources.digest(*found) if found is not None else "" for found in
                     (content_path(row, acquire_config) for row in frame.itertuples(index=False))]
         sources.save()
 

@@ -72,20 +72,23 @@ def _member_path(archive: Path, member: PurePosixPath) -> tuple[Path, str]:
     return path, f"{path} resolves to {path.resolve()}, outside the archive folder {archive}"
 
 
-def content_path(row: object, config: AcquireConfig) -> Path | None:
-    """The local file whose bytes decide a row's clip: its file, its archive member (or the zip), None for YouTube.
+def content_path(row: object, config: AcquireConfig) -> tuple[Path, str | None] | None:
+    """The local file whose bytes decide a row's clip, and the member inside it when that file is a zip.
 
-    None also for a folder-archive member that resolves outside the folder (it is never read).
+    ``(file, None)`` for a file row or a folder-archive member; ``(zip, member)`` for a zip archive
+    member, so a changed zip changes only the keys of the members that changed. None for YouTube,
+    and for a folder-archive member that resolves outside the folder (it is never read).
     """
     if row.source_kind == "file":
         path = Path(row.source)
-        return path if path.is_absolute() or config.root is None else Path(config.root) / path
+        return (path if path.is_absolute() or config.root is None else Path(config.root) / path), None
     if row.source_kind == "archive" and config.archive is not None:
         archive = Path(config.archive)
+        member = safe_member(str(row.source), f"manifest row {row.clip_id!r}")
         if not archive.is_dir():
-            return archive
-        path, outside = _member_path(archive, safe_member(str(row.source), f"manifest row {row.clip_id!r}"))
-        return None if outside else path
+            return archive, str(member)
+        path, outside = _member_path(archive, member)
+        return None if outside else (path, None)
     return None
 
 

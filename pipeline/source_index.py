@@ -4,15 +4,21 @@ Cache keys and shard reuse depend on what a source file holds, never on its path
 each file's sha256 is computed once and kept in a JSON index beside the outputs with the
 file's size and modification time; while both are unchanged the stored digest is used, so a
 re-run of thousands of clips reads no video bytes. A file changed, fixed or added in place
-gets a new digest, and only the shards that hold it are recomputed.
+gets a new digest, and only the shards that hold it are recomputed. A zip archive gets one
+digest per member (its decompressed bytes), so a zip with one clip replaced or added
+recomputes only the shards holding that clip.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
+import zipfile
 from pathlib import Path
+
+from tqdm import tqdm
 
 from pipeline.atomic import atomic_path
 from pipeline.digest import sha256_file
@@ -32,8 +38,12 @@ class SourceIndex:
             self._entries = {}  # a damaged index is only a cache: rebuild it
         self._changed = False
 
-    def digest(self, path: str | os.PathLike[str]) -> str:
-        """sha256 of ``path``'s bytes (symlinks followed), or :data:`MISSING` when it is not a file."""
+    def digest(self, path: str | os.PathLike[str], member: str | None = None) -> str:
+        """sha256 of ``path``'s bytes (symlinks followed), or of zip member ``member``'s decompressed bytes;
+        :data:`MISSING` when the file (or the member) is not there.
+
+        A zip that cannot be read as one gets the digest of its bytes (acquisition then reports it).
+        """
         path = Path(path)
         try:
             stat = path.stat()
@@ -41,16 +51,18 @@ class SourceIndex:
             return MISSING
         if not path.is_file():
             return MISSING
-        key = str(path.resolve())
+        key = str(path.resolve()) + ("" if member is None else "!members")
         with self._lock:
             entry = self._entries.get(key)
-        if entry and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns:
-            return entry[2]
-        value = sha256_file(path)
-        with self._lock:
-            self._entries[key] = [stat.st_size, stat.st_mtime_ns, value]
-            self._changed = True
-        return value
+        if not (entry and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns):
+            value = sha256_file(path) if member is None else _member_digests(path)
+            if value is None:  # not a zip
+                return self.digest(path)
+            entry = [stat.st_size, stat.st_mtime_ns, value]
+            with self._lock:
+                self._entries[key] = entry
+                self._changed = True
+        return entry[2] if member is None else entry[2].get(member, MISSING)
 
     def save(self) -> None:
         """Write the index atomically when something was added or changed."""
@@ -60,3 +72,23 @@ class SourceIndex:
             with atomic_path(self.path) as tmp:
                 tmp.write_text(json.dumps(self._entries, indent=0, sort_keys=True))
             self._changed = False
+
+
+def _member_digests(path: Path) -> dict[str, str] | None:
+    """``member name -> sha256 of its decompressed bytes`` for every file in the zip ``path``; None if not a zip."""
+    try:
+        with zipfile.ZipFile(path) as bundle:
+            files = [info for info in bundle.infolist() if not info.is_dir()]
+            digests = {}
+            with tqdm(total=sum(i.file_size for i in files), unit="B", unit_scale=True, leave=False,
+                      desc=f"sha256 of {path.name}'s members", disable=None) as bar:  # None: off unless a terminal
+                for info in files:
+                    digest = hashlib.sha256()
+                    with bundle.open(info) as member:
+                        while block := member.read(1 << 20):
+                            digest.update(block)
+                            bar.update(len(block))
+                    digests[info.filename] = digest.hexdigest()
+            return digests
+    except zipfile.BadZipFile:
+        return None

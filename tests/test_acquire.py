@@ -110,7 +110,7 @@ def test_folder_archive_symlink_out_is_not_read(tmp_path: Path, ave_like: tuple[
     assert "outside the archive folder" in table["message"][0] and str(secret) in table["message"][0]
     rows = list(manifest.itertuples(index=False))
     assert content_path(rows[0], config) is None  # the link's target is not hashed either
-    assert content_path(rows[1], config) == folder / "AVE_Dataset/AVE/vidC.mp4"
+    assert content_path(rows[1], config) == (folder / "AVE_Dataset/AVE/vidC.mp4", None)
 
 
 def test_file_outside_root_needs_the_recorded_opt_in(tmp_path: Path, demo_dir: Path, demo_labels: pd.DataFrame) -> None:

@@ -339,3 +339,31 @@ def test_source_index_hashes_a_file_once_until_it_changes(tmp_path, monkeypatch)
     clip.write_bytes(b"fixed")  # size and mtime change: hashed again
     assert again.digest(clip) == hashlib.sha256(b"fixed").hexdigest() and len(calls) == 2
     assert again.digest(tmp_path / "gone.mp4") == source_index.MISSING
+
+
+def test_source_index_digests_each_zip_member_so_a_changed_zip_changes_only_its_changed_members(tmp_path):
+    import hashlib
+    import zipfile
+
+    from pipeline import source_index
+
+    bundle = tmp_path / "clips.zip"
+    with zipfile.ZipFile(bundle, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("AVE/a.mp4", b"one" * 1000)
+        z.writestr("AVE/b.mp4", b"two")
+    index = source_index.SourceIndex(tmp_path / "sources.json")
+    assert index.digest(bundle, "AVE/a.mp4") == hashlib.sha256(b"one" * 1000).hexdigest()  # decompressed bytes
+    assert index.digest(bundle, "AVE/gone.mp4") == source_index.MISSING
+    before = {m: index.digest(bundle, m) for m in ("AVE/a.mp4", "AVE/b.mp4")}
+    index.save()
+    with zipfile.ZipFile(bundle, "w") as z:  # rewritten: b replaced, c added, a the same bytes
+        z.writestr("AVE/a.mp4", b"one" * 1000)
+        z.writestr("AVE/b.mp4", b"fixed")
+        z.writestr("AVE/c.mp4", b"new")
+    again = source_index.SourceIndex(tmp_path / "sources.json")
+    assert again.digest(bundle, "AVE/a.mp4") == before["AVE/a.mp4"]
+    assert again.digest(bundle, "AVE/b.mp4") == hashlib.sha256(b"fixed").hexdigest() != before["AVE/b.mp4"]
+    assert again.digest(bundle, "AVE/c.mp4") == hashlib.sha256(b"new").hexdigest()
+    not_zip = tmp_path / "broken.zip"
+    not_zip.write_bytes(b"not a zip")  # keyed by its bytes; acquisition reports it
+    assert again.digest(not_zip, "AVE/a.mp4") == hashlib.sha256(b"not a zip").hexdigest()

@@ -22,6 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -443,6 +444,40 @@ def test_cache_follows_file_content_not_paths(first, manifest: Path, tmp_path: P
     states = _task_states(rebuilt.state_details.flow_run_id, 10)
     assert states["extract-shard"] == Counter(Cached=4, Completed=1)
     assert _shard_bytes(rebuilt.result().shards) == after
+
+
+def test_changed_zip_recomputes_only_the_shards_of_its_changed_members(stack: dict[str, str], manifest: Path,
+                                                                        tmp_path: Path) -> None:
+    """Archive rows are keyed by their zip member's bytes, not the whole zip's: one clip replaced in the
+    zip recomputes its shard only."""
+    folder = manifest.parent
+    frame = pd.read_parquet(manifest).iloc[:3].reset_index(drop=True)
+    archived = frame.iloc[:2].assign(source_kind="archive")  # two clips, one shard each
+    write_manifest(archived, tmp_path / "archive.parquet")
+    bundle = tmp_path / "clips.zip"
+
+    def pack(second_clip: str) -> None:
+        with zipfile.ZipFile(bundle, "w") as z:
+            z.write(folder / archived.at[0, "source"], archived.at[0, "source"])
+            z.write(folder / second_clip, archived.at[1, "source"])
+
+    def run() -> State:
+        return build_features(manifest=tmp_path / "archive.parquet", out=tmp_path / "out", clips_per_shard=1,
+                              extract=RANDOM, acquire_config=AcquireConfig(archive=bundle), return_state=True)
+
+    pack(archived.at[1, "source"])
+    first = run()
+    assert _task_states(first.state_details.flow_run_id, 4)["extract-shard"] == Counter(Completed=2)
+    before = _shard_bytes(first.result().shards)
+    pack(frame.at[2, "source"])  # the second member's bytes replaced by another clip
+    second = run()
+    assert second.result().shards == first.result().shards and second.result().extracted == 2
+    states = _task_states(second.state_details.flow_run_id, 4)
+    assert states["acquire-shard"] == Counter(Cached=1, Completed=1)
+    assert states["extract-shard"] == Counter(Cached=1, Completed=1)
+    after = _shard_bytes(second.result().shards)
+    assert after["shard-00000.parquet"] == before["shard-00000.parquet"]
+    assert after["shard-00001.parquet"] != before["shard-00001.parquet"]
 
 
 def test_build_features_fails_when_no_clip_is_extracted(stack: dict[str, str], manifest: Path, tmp_path: Path) -> None:
