@@ -194,6 +194,7 @@ def check_flow_parameters(flow_: Flow, parameters: Mapping[str, Any], *, where: 
     from pipeline.errors import UserError, user_errors
 
     quiet = logging.getLogger("prefect.flows")  # it logs every bad value with a dump of all parameters
+    was_disabled = quiet.disabled
     with user_errors(debug):
         try:
             quiet.disabled = True
@@ -203,7 +204,7 @@ def check_flow_parameters(flow_: Flow, parameters: Mapping[str, Any], *, where: 
             problems = [line.strip().removeprefix("- ") for line in lines[1:]] or lines
             raise UserError(f"{where or flow_.name}: {'; '.join(problems)}") from None
         finally:
-            quiet.disabled = False
+            quiet.disabled = was_disabled
 
 
 def task_runner(kind: str = "thread", *, address: str | None = None, workers: int = 2,

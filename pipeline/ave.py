@@ -56,6 +56,11 @@ class AveRow:
     def key(self) -> tuple[str, str, str, float, float]:
         return (self.category, self.ytid, self.quality, self.start, self.end)
 
+    @property
+    def described(self) -> str:
+        """The fields that identify the line, as messages show them: ``AAAAAAAAAAA 'Bark' good 0-10``."""
+        return f"{self.ytid} {self.category!r} {self.quality} {self.start:g}-{self.end:g}"
+
 
 def category_slug(category: str) -> str:
     """``"Male speech, man speaking"`` -> ``"male_speech_man_speaking"``."""
@@ -128,7 +133,7 @@ def assign_splits(rows: Sequence[AveRow], split_files: Mapping[str, str | os.Pat
     for i, row in enumerate(rows):
         if row.key in index:
             first = rows[index[row.key]]
-            repeats.append(RowProblem(f"line {row.line}", "event", f"{row.ytid} {row.category!r} {row.start:g}-{row.end:g}",
+            repeats.append(RowProblem(f"line {row.line}", "event", row.described,
                                       f"repeats line {first.line}"))
         index.setdefault(row.key, i)
     if repeats:
@@ -141,10 +146,10 @@ def assign_splits(rows: Sequence[AveRow], split_files: Mapping[str, str | os.Pat
         for entry in read_ave_lines(path, classes):
             where, i = f"line {entry.line}", index.get(entry.key)
             if i is None:
-                problems.append(RowProblem(where, "event", f"{entry.ytid} {entry.category!r} {entry.start:g}-{entry.end:g}",
+                problems.append(RowProblem(where, "event", entry.described,
                                            "matches no annotation line"))
             elif i in split_of:
-                problems.append(RowProblem(where, "event", f"{entry.ytid} {entry.category!r} {entry.start:g}-{entry.end:g}",
+                problems.append(RowProblem(where, "event", entry.described,
                                            f"annotation line {rows[i].line} is already in split {split_of[i][0]!r} "
                                            f"({split_of[i][1]})"))
             else:

@@ -23,6 +23,7 @@ train when there is none.
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import sys
@@ -95,8 +96,13 @@ def scan_class_tree(root: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[An
     return pd.DataFrame.from_records(records, columns=["path", "folder", "line"]), anomalies
 
 
-def read_csv_table(path: str | os.PathLike[str], what: str = "CSV") -> pd.DataFrame:
-    """A CSV as strings (blank cells stay ``""``); a 0-byte, header-less or unparsable file is a :class:`ManifestError`."""
+def read_csv_table(path: str | os.PathLike[str], what: str = "CSV") -> tuple[pd.DataFrame, list[int]]:
+    """A CSV as strings (blank cells stay ``""``), and the line in the file where each row starts.
+
+    A 0-byte, header-less or unparsable file is a :class:`ManifestError`. Line numbers count
+    the blank lines pandas skips and quoted cells that span lines, so messages point at the
+    line a user sees in an editor.
+    """
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except FileNotFoundError:
@@ -106,7 +112,17 @@ def read_csv_table(path: str | os.PathLike[str], what: str = "CSV") -> pd.DataFr
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: not a readable {what} ({' '.join(str(exc).split())})") from None
     frame.columns = [c.strip() for c in frame.columns]
-    return frame
+    starts, previous = [], 0
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh, skipinitialspace=True)
+        for record in reader:
+            if record not in ([], [""]):  # pandas skips blank and whitespace-only lines
+                starts.append(previous + 1)
+            previous = reader.line_num
+    lines = starts[1:]  # the first record is the header
+    if len(lines) != len(frame):  # a dialect the two parsers read differently: count rows instead
+        lines = list(range(2, len(frame) + 2))
+    return frame, lines
 
 
 def read_labels_csv(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[RowProblem]]:
@@ -115,7 +131,7 @@ def read_labels_csv(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[Ro
     Whole-file problems (empty file, missing columns, no rows) raise :class:`ManifestError`.
     ``start``/``end`` become floats (NaN where both are blank).
     """
-    frame = read_csv_table(path, "labels CSV")
+    frame, lines = read_csv_table(path, "labels CSV")
     missing = [c for c in ("path", "label") if c not in frame.columns]
     if ("start" in frame.columns) != ("end" in frame.columns):
         missing.append("end" if "start" in frame.columns else "start")
@@ -123,7 +139,7 @@ def read_labels_csv(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[Ro
         raise ManifestError(f"{path}: missing columns {missing} (have {list(frame.columns)})")
     if frame.empty:
         raise ManifestError(f"{path}: no rows below the header line")
-    frame["line"] = [f"line {i + 2}" for i in range(len(frame))]
+    frame["line"] = [f"line {n}" for n in lines]
     problems: list[RowProblem] = []
 
     def flag(rows: np.ndarray, column: str, problem: str) -> None:
@@ -194,12 +210,12 @@ def confine(root: Path, given: str, *, allow_outside_root: bool) -> tuple[str | 
 
 def read_split_file(path: str | os.PathLike[str], frame: pd.DataFrame) -> np.ndarray:
     """Split of each clip of ``frame`` from a CSV with columns ``path`` or ``clip_id``, and ``split``."""
-    table = read_csv_table(path, "split file")
+    table, lines = read_csv_table(path, "split file")
     key = next((k for k in ("clip_id", "path") if k in table.columns), None)
     if key is None or "split" not in table.columns:
         raise ManifestError(f"{path}: needs columns (clip_id or path) and split, has {list(table.columns)}")
     problems, first_line = [], {}
-    for number, (name, split) in enumerate(zip(table[key], table["split"]), start=2):  # line 1 is the header
+    for number, name, split in zip(lines, table[key], table["split"]):
         if split not in SPLITS:
             problems.append(RowProblem(f"line {number}", "split", repr(split), f"not one of {SPLITS}"))
         if name in first_line:

@@ -27,7 +27,8 @@ MISSING = "missing"  # the digest of a source that is not there (yet)
 
 
 class SourceIndex:
-    """``path -> (size, mtime_ns, sha256)`` for source files, loaded from and saved to ``index_path``."""
+    """``path -> (size, mtime_ns, sha256)`` for source files, and ``path!members -> (size, mtime_ns,
+    {member: sha256})`` for zip archives, loaded from and saved to ``index_path``."""
 
     def __init__(self, index_path: str | os.PathLike[str]) -> None:
         self.path = Path(index_path)
@@ -42,7 +43,9 @@ class SourceIndex:
         """sha256 of ``path``'s bytes (symlinks followed), or of zip member ``member``'s decompressed bytes;
         :data:`MISSING` when the file (or the member) is not there.
 
-        A zip that cannot be read as one gets the digest of its bytes (acquisition then reports it).
+        A zip that cannot be read member by member (damaged, encrypted, an unsupported compression)
+        is keyed by its whole bytes for every member, recorded like a readable one so it is read once
+        per change (acquisition then fails on it as before).
         """
         path = Path(path)
         try:
@@ -55,14 +58,13 @@ class SourceIndex:
         with self._lock:
             entry = self._entries.get(key)
         if not (entry and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns):
-            value = sha256_file(path) if member is None else _member_digests(path)
-            if value is None:  # not a zip
-                return self.digest(path)
+            value = sha256_file(path) if member is None else (_member_digests(path) or sha256_file(path))
             entry = [stat.st_size, stat.st_mtime_ns, value]
             with self._lock:
                 self._entries[key] = entry
                 self._changed = True
-        return entry[2] if member is None else entry[2].get(member, MISSING)
+        value = entry[2]
+        return value if isinstance(value, str) else value.get(member, MISSING)
 
     def save(self) -> None:
         """Write the index atomically when something was added or changed."""
@@ -75,7 +77,8 @@ class SourceIndex:
 
 
 def _member_digests(path: Path) -> dict[str, str] | None:
-    """``member name -> sha256 of its decompressed bytes`` for every file in the zip ``path``; None if not a zip."""
+    """``member name -> sha256 of its decompressed bytes`` for every file in the zip ``path``; None when it
+    cannot be read member by member."""
     try:
         with zipfile.ZipFile(path) as bundle:
             files = [info for info in bundle.infolist() if not info.is_dir()]
@@ -90,5 +93,5 @@ def _member_digests(path: Path) -> dict[str, str] | None:
                             bar.update(len(block))
                     digests[info.filename] = digest.hexdigest()
             return digests
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError):  # damaged, encrypted, unsupported
         return None

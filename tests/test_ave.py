@@ -147,14 +147,14 @@ def test_audioset_segments_turn_clips_into_youtube_cuts(tmp_path):
     (["Bark&AAAAAAAAAAA&good&0&x"], None, "line 2: StartTime/EndTime"),
     (["Bark&AAAAAAAAAAA&good&0&12"], None, "outside the 10-s clip"),
     (["Bark&AAAAAAAAAAA&good&0&10", "Bark&AAAAAAAAAAA&good&0&10"], None,
-     "line 3: event AAAAAAAAAAA 'Bark' 0-10: repeats line 2"),
+     "line 3: event AAAAAAAAAAA 'Bark' good 0-10: repeats line 2"),
     (LINES, {"train": ["Bark&AAAAAAAAAAA&good&0&9"], "test": LINES},
-     "trainSet.txt, line 1: event AAAAAAAAAAA 'Bark' 0-9: matches no annotation line"),
+     "trainSet.txt, line 1: event AAAAAAAAAAA 'Bark' good 0-9: matches no annotation line"),
     # every bad line of a split file at once
     (LINES, {"train": ["Bark&AAAAAAAAAAA&good&0&9", *LINES, LINES[0]]},
      "trainSet.txt: 2 problems in 2 rows (line | column | value | problem):\n"
-     "  line 1 | event | AAAAAAAAAAA 'Bark' 0-9  | matches no annotation line\n"
-     f"  line {len(LINES) + 2} | event | AAAAAAAAAAA 'Bark' 0-10 | annotation line 2 is already in split 'train' "),
+     "  line 1 | event | AAAAAAAAAAA 'Bark' good 0-9  | matches no annotation line\n"
+     f"  line {len(LINES) + 2} | event | AAAAAAAAAAA 'Bark' good 0-10 | annotation line 2 is already in split 'train' "),
     (LINES, {"train": LINES[:1], "test": LINES[:1]}, "already in split 'train'"),
     (LINES, {"train": LINES[:2]}, "1 annotation rows are in no split file"),
     (["Bark&AAAAAAAAAAA&good&0", "Dragon&AAAAAAAAAAA&good&0&10"], None,

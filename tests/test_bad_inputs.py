@@ -60,6 +60,18 @@ def test_every_bad_row_is_reported_at_once(tmp_path):
     assert str(exc.value).startswith(f"{csv}: 5 problems in 4 rows (line | column | value | problem):\n")
 
 
+def test_problems_name_the_line_an_editor_shows(tmp_path):
+    """Blank lines and a quoted cell spanning two lines still count, as in the file."""
+    csv = _dataset(tmp_path, "path,label,split\n"
+                             "\n"                               # 2: blank (pandas skips it)
+                             "a/x.mp4,\"cat\nsitting\",train\n"  # 3-4: one row, a label over two lines
+                             "   \n"                            # 5: whitespace only
+                             "a/y.mp4,,train\n")                # 6: label empty
+    with pytest.raises(ManifestError) as exc:
+        build_folder_manifest(csv, split_file=None, splitting=NO_VAL)
+    assert _problems(exc) == [("line 6", "label", "empty")]
+
+
 def test_skip_writes_the_good_rows_and_lists_every_skipped_one(tmp_path):
     csv = _dataset(tmp_path, "path,label,split,start,end\na/x.mp4,cat,train,,\na/y.mp4,cat,test,2,1\n"
                              "b/z.mp4,dog,train,0,4\nb/z.mp4,dog,test,,\n../../etc/passwd,dog,test,,\n")
@@ -341,7 +353,7 @@ def test_source_index_hashes_a_file_once_until_it_changes(tmp_path, monkeypatch)
     assert again.digest(tmp_path / "gone.mp4") == source_index.MISSING
 
 
-def test_source_index_digests_each_zip_member_so_a_changed_zip_changes_only_its_changed_members(tmp_path):
+def test_source_index_digests_each_zip_member_so_a_changed_zip_changes_only_its_changed_members(tmp_path, monkeypatch):
     import hashlib
     import zipfile
 
@@ -364,6 +376,16 @@ def test_source_index_digests_each_zip_member_so_a_changed_zip_changes_only_its_
     assert again.digest(bundle, "AVE/a.mp4") == before["AVE/a.mp4"]
     assert again.digest(bundle, "AVE/b.mp4") == hashlib.sha256(b"fixed").hexdigest() != before["AVE/b.mp4"]
     assert again.digest(bundle, "AVE/c.mp4") == hashlib.sha256(b"new").hexdigest()
+    reads: list[Path] = []
+    real = source_index._member_digests
+    monkeypatch.setattr(source_index, "_member_digests", lambda p: reads.append(p) or real(p))
     not_zip = tmp_path / "broken.zip"
-    not_zip.write_bytes(b"not a zip")  # keyed by its bytes; acquisition reports it
-    assert again.digest(not_zip, "AVE/a.mp4") == hashlib.sha256(b"not a zip").hexdigest()
+    not_zip.write_bytes(b"not a zip")  # keyed by its bytes for every member, read once per change
+    damaged = tmp_path / "damaged.zip"
+    with zipfile.ZipFile(damaged, "w") as z:  # stored: flipping a byte of the data breaks its CRC
+        z.writestr("AVE/a.mp4", b"x" * 100)
+    damaged.write_bytes(damaged.read_bytes().replace(b"x" * 100, b"x" * 99 + b"y"))
+    for bundle_ in (not_zip, damaged):
+        whole = hashlib.sha256(bundle_.read_bytes()).hexdigest()
+        assert [again.digest(bundle_, m) for m in ("AVE/a.mp4", "AVE/b.mp4")] == [whole, whole]
+    assert reads == [not_zip, damaged]

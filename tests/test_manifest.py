@@ -131,7 +131,7 @@ def test_cli_rejects_a_file_not_in_the_card_and_writes_nothing(tmp_path, capsys)
     assert not out.parent.exists() or not any(out.parent.iterdir())
     # Accepting the changed file still fails: the split files no longer match its first line.
     assert _code(lambda: main(args + ["--skip-sha256"])) == 2
-    assert "event RUhOCu3LNXM 'Church bell' 0-10: matches no annotation line" in capsys.readouterr().err
+    assert "event RUhOCu3LNXM 'Church bell' good 0-10: matches no annotation line" in capsys.readouterr().err
     assert not out.parent.exists() or not any(out.parent.iterdir())
 
 

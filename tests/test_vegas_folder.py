@@ -96,12 +96,14 @@ def test_vegas_split_file_replaces_the_default(vegas_tree, tmp_path):
     # every bad line at once: a split name that is not one, and a clip listed twice
     ids, splits = list(default["clip_id"]), list(chosen)
     splits[1] = "dev"
-    pd.DataFrame({"clip_id": ids + [ids[0]], "split": splits + ["test"]}).to_csv(split_file, index=False)
+    text = pd.DataFrame({"clip_id": ids + [ids[0]], "split": splits + ["test"]}).to_csv(index=False)
+    lines = text.splitlines()
+    split_file.write_text("\n".join([lines[0], "", lines[1], "   ", *lines[2:]]) + "\n")  # blank lines count
     with pytest.raises(ManifestError) as error:
         build_vegas_manifest(root, split_file=split_file)
     assert [(p.line, p.column, p.problem) for p in error.value.problems] == [
-        ("line 3", "split", "not one of ('train', 'val', 'test')"),
-        (f"line {len(ids) + 2}", "clip_id", "listed twice (first on line 2)")]
+        ("line 5", "split", "not one of ('train', 'val', 'test')"),
+        (f"line {len(ids) + 4}", "clip_id", "listed twice (first on line 3)")]
     assert str(error.value).startswith(f"{split_file}: 2 problems in 2 rows (line | column | value | problem):")
 
 
