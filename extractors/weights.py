@@ -158,9 +158,9 @@ def _check(path: Path, spec: WeightsSpec) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     names = published_names()
-    parser = argparse.ArgumentParser(prog="python -m extractors.weights", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m extractors.weights", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    get = commands.add_parser("fetch", help="download published weight files into the cache and check them")
+    get = commands.add_parser("fetch", allow_abbrev=False, help="download published weight files into the cache and check them")
     get.add_argument("names", nargs="+", choices=sorted(names), metavar="NAME", help=", ".join(sorted(names)))
     get.add_argument("--base-url", default=os.environ.get(BASE_URL_ENV),
                      help=f"fetch from this folder URL instead of the published one (or ${BASE_URL_ENV})")

@@ -33,7 +33,7 @@ from pipeline.errors import add_debug_argument, user_errors
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line's flags (light: runs before the heavy imports below, so ``--help`` is instant)."""
-    parser = argparse.ArgumentParser(prog="python -m flows.build_features",
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m flows.build_features",
                                      description=__doc__.splitlines()[0].replace("``", ""))
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--manifest", type=Path, help="manifest Parquet file (default: the demo videos)")

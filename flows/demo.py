@@ -18,6 +18,7 @@ from flows.common import VISUAL_MODELS, add_verbose_argument, apply_verbosity
 from pipeline.errors import add_debug_argument, user_errors
 
 DEMO_CLIPS = 180  # 80 train, 40 val, 60 test
+MIN_DEMO_CLIPS = 20  # the fewest with train, val and test clips of every class (pipeline.demo splits by position)
 DEMO_SECONDS = 5.0
 DEMO_SEEDS = [0, 1, 2]
 # 80 training clips: batches of 16 give 5 steps per epoch, 300 in all, so the val curve
@@ -28,7 +29,7 @@ DEMO_EPOCHS = 60
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line's flags (light: runs before the heavy imports below, so ``--help`` is instant)."""
-    parser = argparse.ArgumentParser(prog="python -m flows.demo",
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m flows.demo",
                                      description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--clips", type=int, default=DEMO_CLIPS, help="demo clips to generate")
     parser.add_argument("--seconds", type=float, default=DEMO_SECONDS, help="length of each demo clip")
@@ -69,7 +70,7 @@ from flows.train_eval import TrainEvalOutcome, train_eval  # noqa: E402
 
 @flow(name="demo", log_prints=True)
 def demo(
-    clips: Annotated[int, Field(ge=10, le=100_000)] = DEMO_CLIPS,
+    clips: Annotated[int, Field(ge=MIN_DEMO_CLIPS, le=100_000)] = DEMO_CLIPS,
     seconds: Annotated[float, Field(gt=0.0, le=600.0)] = DEMO_SECONDS,
     visual_model: VisualModel = "resnet50",
     seeds: Annotated[list[Seed], Field(min_length=1, max_length=100)] = DEMO_SEEDS,

@@ -171,7 +171,8 @@ def __getattr__(name: str) -> Any:
 def main(argv: list[str] | None = None) -> EmbedOutcome:
     from pipeline.errors import add_debug_argument, user_errors
 
-    parser = argparse.ArgumentParser(prog="python -m flows.embed", description=__doc__.splitlines()[0].replace("``", ""))
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m flows.embed",
+                                     description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--run", required=True, type=Path, help="a train-eval run directory")
     parser.add_argument("--method", default="hscmae", help="which method of the run (default hscmae)")
     parser.add_argument("--seed", type=int, default=0, help="which seed of the method (default 0)")

@@ -39,7 +39,7 @@ def serve(root: Path, port: int) -> ThreadingHTTPServer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m flows.files", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m flows.files", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, required=True, help="the folder to serve")
     parser.add_argument("--port", type=int, required=True, help="port on 127.0.0.1")
     args = parser.parse_args(argv)

@@ -231,7 +231,7 @@ def down(timeout_s: float = 20.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m flows.local", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m flows.local", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("up", "down"))
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="server port on 127.0.0.1")
     parser.add_argument("--files-port", type=int, help="port of the output file server (default: --port + 1)")

@@ -25,7 +25,7 @@ from pipeline.errors import add_debug_argument, user_errors
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line's flags (light: runs before the heavy imports below, so ``--help`` is instant)."""
-    parser = argparse.ArgumentParser(prog="python -m flows.train_eval",
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m flows.train_eval",
                                      description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--features", type=Path,
                         help="feature shards (a folder or file); default: the built-in synthetic set")

@@ -103,7 +103,9 @@ def fit_cca_tensors(x: np.ndarray | Tensor, y: np.ndarray | Tensor, *, k: int,
     """Fit linear CCA on paired training data ``x: [N, Dx]``, ``y: [N, Dy]`` keeping ``k`` dims, once per ridge.
 
     Each ``ridge >= 0`` is relative to each side's mean variance; ``ridge=0`` is plain CCA and
-    needs full-rank covariances (``N > D``). The decompositions are shared by all ridges. Computed
+    needs full-rank covariances (``N > D``). The decompositions are shared by all ridges. Every fit
+    is ``k`` wide: past the data's rank (collinear columns, or ``N - 1 < k`` rows) the directions
+    are zero with correlation 0, so a small training split still gives a ``k``-wide map. Computed
     in float64 on the device of ``x`` (tensors stay there, so a CUDA batch makes no host round
     trip). Returns, per ridge, :class:`LinearCCA`'s fields as float64 tensors.
     """
@@ -111,8 +113,8 @@ def fit_cca_tensors(x: np.ndarray | Tensor, y: np.ndarray | Tensor, *, k: int,
     y = _tensor64(y, "y").to(x.device)
     if len(x) != len(y) or len(x) < 2:
         raise ValueError(f"x and y need the same number of rows (>= 2), got {len(x)} and {len(y)}")
-    if not 1 <= k <= min(x.shape[1], y.shape[1], len(x)):
-        raise ValueError(f"k={k} must be in [1, min(Dx, Dy, N)={min(x.shape[1], y.shape[1], len(x))}]")
+    if not 1 <= k <= min(x.shape[1], y.shape[1]):
+        raise ValueError(f"k={k} must be in [1, min(Dx, Dy)={min(x.shape[1], y.shape[1])}]")
     if not ridges or min(ridges) < 0:
         raise ValueError(f"ridges must be >= 0, got {list(ridges)}")
     mean_x, mean_y = x.mean(dim=0), y.mean(dim=0)

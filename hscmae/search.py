@@ -201,7 +201,7 @@ def _queries(index: Index, value: str, modality: str) -> tuple[np.ndarray, list[
 
 def main(argv: list[str] | None = None) -> int:
     """The command line; bad input exits with status 2 and one ``error:`` line (``pipeline.errors``)."""
-    parser = argparse.ArgumentParser(prog="python -m hscmae.search", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m hscmae.search", description=__doc__.splitlines()[0])
     parser.add_argument("--index", required=True, type=Path, help="embedding folder or shard (python -m flows.embed)")
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--query-audio", metavar="CLIP_ID_OR_FILE",

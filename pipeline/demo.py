@@ -252,7 +252,7 @@ def write_demo(out: str | os.PathLike[str], clips: int, *, config: DemoConfig = 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m pipeline.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write <class>/<clip>.mp4 and labels.csv into")
     parser.add_argument("--clips", type=int, default=100, help="number of clips (classes take turns)")
     parser.add_argument("--seed", type=int, default=0)

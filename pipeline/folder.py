@@ -235,13 +235,24 @@ def read_split_file(path: str | os.PathLike[str], frame: pd.DataFrame) -> np.nda
 
 
 def make_splits(labels: np.ndarray, given: np.ndarray | None, splitting: SplitConfig) -> np.ndarray:
-    """Split names ``[N]``: ``given``, or a stratified test holdout; then val carved from train if absent."""
+    """Split names ``[N]``: ``given``, or a stratified test holdout; then val carved from train if absent.
+
+    A split that cannot be made raises ``ValueError`` saying which step failed and what to change.
+    """
     if given is None:
-        split = np.where(stratified_holdout(labels, splitting.test_fraction, splitting.seed), "test", "train")
+        try:
+            split = np.where(stratified_holdout(labels, splitting.test_fraction, splitting.seed), "test", "train")
+        except ValueError as exc:
+            raise ValueError(f"holding out test: {exc} (give splits in the CSV or a split file, or change "
+                             "--test-fraction)") from None
     else:
         split = np.asarray(given, dtype=object)
     if splitting.val_fraction > 0:
-        split = carve_val(split, labels, splitting.val_fraction, splitting.seed)
+        try:
+            split = carve_val(split, labels, splitting.val_fraction, splitting.seed)
+        except ValueError as exc:
+            raise ValueError(f"carving val from the train split: {exc} (give val rows in the splits, or change "
+                             "--val-fraction; 0 for no val)") from None
     return np.asarray(split, dtype=object)
 
 
@@ -315,8 +326,7 @@ def build_folder_manifest(source: str | os.PathLike[str], *, dataset: str = "fol
     try:
         split = make_splits(frame["label"].to_numpy(), given_split, splitting)
     except ValueError as exc:
-        raise ManifestError(f"{where}: {exc} (give splits in the CSV or a split file, or change "
-                            "--test-fraction/--val-fraction)") from None
+        raise ManifestError(f"{where}: {exc}") from None
     has_times = "start" in frame.columns
     cut, event = has_times and times == "clip", has_times and times == "event"
     result = pd.DataFrame({

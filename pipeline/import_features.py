@@ -323,16 +323,16 @@ def import_single_file(h5_path: str | os.PathLike[str], out_dir: str | os.PathLi
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.import_features",
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m pipeline.import_features",
                                      description="Import published feature files into feature shards.")
     sub = parser.add_subparsers(dest="layout", required=True)
-    ave = sub.add_parser("ave", help="AVE's audio_feature.h5 + visual_feature.h5 with an AVE manifest")
+    ave = sub.add_parser("ave", allow_abbrev=False, help="AVE's audio_feature.h5 + visual_feature.h5 with an AVE manifest")
     ave.add_argument("--audio", type=Path, required=True, help="audio_feature.h5 ([N, 10, 128])")
     ave.add_argument("--visual", type=Path, required=True, help="visual_feature.h5 ([N, 10, 7, 7, 512])")
     ave.add_argument("--manifest", type=Path, required=True, help="manifest from `python -m pipeline.manifest ave`")
     ave.add_argument("--annotations", type=Path, required=True, help="the Annotations.txt the features follow")
     ave.add_argument("--read-chunk", type=int, default=READ_CHUNK, help="rows per HDF5 read (bounds memory)")
-    single = sub.add_parser("single", help="one HDF5 with {audio,visual,lab}_{train,test}")
+    single = sub.add_parser("single", allow_abbrev=False, help="one HDF5 with {audio,visual,lab}_{train,test}")
     single.add_argument("--h5", type=Path, required=True)
     names = single.add_mutually_exclusive_group()
     names.add_argument("--classes", type=str, nargs="+", default=None, help="class names in label order")

@@ -44,11 +44,11 @@ def print_summary(build: ManifestBuild, *, shown: int = 5, stream: TextIO | None
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.manifest", description=(
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m pipeline.manifest", description=(
         "Build a manifest (Parquet) and its report (<out>.report.json); print counts and anomalies."))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ave = sub.add_parser("ave", help="AVE from Annotations.txt and the official split files")
+    ave = sub.add_parser("ave", allow_abbrev=False, help="AVE from Annotations.txt and the official split files")
     given = ave.add_mutually_exclusive_group(required=True)
     given.add_argument("--annotations", type=Path, help="Annotations.txt (with or without header)")
     given.add_argument("--fetch-annotations", type=Path, metavar="DIR",
@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, help_text in (("vegas", "VEGAS from its per-class folder tree"),
                             ("folder", "any folder-per-class tree or a CSV path,label[,split][,start,end]")):
-        cmd = sub.add_parser(name, help=help_text)
+        cmd = sub.add_parser(name, allow_abbrev=False, help=help_text)
         cmd.add_argument("--source", type=Path, required=True,
                          help="dataset root (class folders)" + (" or a labels CSV" if name == "folder" else ""))
         cmd.add_argument("--split-file", type=Path, default=None, help="CSV with columns (path|clip_id),split")

@@ -160,7 +160,17 @@ def test_a_class_with_one_training_clip_is_named(tmp_path):
     csv = _dataset(tmp_path, "path,label\na/x.mp4,cat\na/y.mp4,cat\nb/z.mp4,dog\n")
     with pytest.raises(ManifestError) as exc:
         build_folder_manifest(csv)
-    assert str(exc.value).startswith(f"{csv}: cannot stratify: class 'dog' has only one item (give splits")
+    assert str(exc.value).startswith(f"{csv}: holding out test: cannot stratify: class 'dog' has only one item (give splits")
+
+
+def test_a_failed_val_carve_says_so_when_the_csv_gives_splits(tmp_path):
+    csv = _dataset(tmp_path, "path,label,split\na/x.mp4,cat,train\na/y.mp4,cat,train\nb/z.mp4,dog,train\n"
+                             "b/w.mp4,dog,test\n", files=("a/x.mp4", "a/y.mp4", "b/z.mp4", "b/w.mp4"))
+    with pytest.raises(ManifestError) as exc:
+        build_folder_manifest(csv)
+    assert str(exc.value) == (f"{csv}: carving val from the train split: cannot stratify: class 'dog' has only one item "
+                              "(give val rows in the splits, or change --val-fraction; 0 for no val)")
+    assert (build_folder_manifest(csv, splitting=NO_VAL).frame["split"] == ["train", "train", "train", "test"]).all()
 
 
 def test_acquisition_refuses_a_symlink_leaving_the_root(tmp_path):
@@ -281,7 +291,7 @@ def test_every_cli_answers_bad_input_with_one_line_and_status_2(tmp_path):
         "train": (_cli("flows.train_eval", "--features", str(tmp_path / "none")),
                   f"error: {tmp_path / 'none'}: no such feature shard folder or file"),
         "bounds": (_cli("flows.demo", "--clips", "5", "--out", str(tmp_path / "shards")),
-                   "error: demo: clips: Input should be greater than or equal to 10"),
+                   "error: demo: clips: Input should be greater than or equal to 20"),
         "debug": (_cli("pipeline.manifest", "folder", "--source", str(tmp_path / "none.csv"), "--out", str(out),
                        "--debug"), None),
     }
@@ -305,7 +315,7 @@ def test_every_cli_answers_bad_input_with_one_line_and_status_2(tmp_path):
     ("flows.train_eval", ["--epochs", "0"], "error: --epochs: must be > 0, got 0"),
     # bounds of the flows' typed signatures (the UI's run forms), checked before a server or run starts
     ("flows.demo", ["--clips", "5", "--seconds", "1000"],
-     "error: demo: clips: Input should be greater than or equal to 10; seconds: Input should be less than or equal to 600"),
+     "error: demo: clips: Input should be greater than or equal to 20; seconds: Input should be less than or equal to 600"),
     ("flows.build_features", ["--demo-seconds", "1000"],
      "error: build-features: demo.seconds: Input should be less than or equal to 600"),
     ("flows.train_eval", ["--config", "{tmp}/c.yaml"], "error: {tmp}/c.yaml: config.val_fraction: Input should be greater than 0"),
@@ -317,6 +327,23 @@ def test_flow_mains_check_before_starting_prefect(tmp_path, capsys, module, args
         main([a.format(tmp=tmp_path) for a in args] + ["--out", str(tmp_path / "out")])
     assert exit_.value.code == 2 and capsys.readouterr().err == line.format(tmp=tmp_path) + "\n"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("module, args", [
+    ("flows.demo", ["--clip", "50"]),  # not read as --clips 50
+    ("flows.train_eval", ["--seed", "1"]),
+    ("flows.build_features", ["--demo-clip", "5"]),
+    ("flows.embed", ["--run", "r", "--features", "f", "--out", "o", "--posthoc"]),
+    ("pipeline.manifest", ["folder", "--sour", "x.csv", "--out", "m.parquet"]),
+    ("pipeline.import_features", ["single", "--h5", "x.h5", "--ou", "o"]),
+    ("hscmae.search", ["--ind", "i"]),
+])
+def test_abbreviated_flags_are_refused_not_guessed(capsys, module, args):
+    main = __import__(module, fromlist=["main"]).main
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err  # argparse refuses the short form (had it guessed, the inputs would be checked)
+    assert exit_.value.code == 2 and ("unrecognized arguments" in err or "the following arguments are required" in err)
 
 
 def test_user_errors_are_value_errors():

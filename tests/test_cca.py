@@ -128,3 +128,16 @@ def test_collinear_columns_give_zero_directions_not_a_narrower_fit():
     np.testing.assert_allclose(wide.correlations[:3], narrow.correlations, atol=1e-6)
     np.testing.assert_array_equal(wide.correlations[3:], 0.0)
     np.testing.assert_array_equal(wide.proj_x[:, 3:], 0.0)
+
+
+def test_fewer_rows_than_k_give_zero_directions_past_the_rank():
+    """4 centred rows span 3 dimensions: a k=6 fit has the 3 directions of a k=3 fit, then zeros."""
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(4, 8)), rng.normal(size=(4, 6))
+    wide, narrow = fit_cca(x, y, k=6, ridge=1e-2), fit_cca(x, y, k=3, ridge=1e-2)
+    assert wide.proj_x.shape == (8, 6) and wide.proj_y.shape == (6, 6)
+    np.testing.assert_allclose(wide.correlations[:3], narrow.correlations, atol=1e-12)
+    np.testing.assert_array_equal(wide.correlations[3:], 0.0)
+    np.testing.assert_array_equal(wide.proj_y[:, 3:], 0.0)
+    u, v = wide.embed(x, y)
+    np.testing.assert_allclose(np.abs(u[:, :3]), np.abs(narrow.embed(x, y)[0]), atol=1e-10)

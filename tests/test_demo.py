@@ -66,6 +66,17 @@ def test_kinds_and_splits_over_many_clips() -> None:
     assert (demo.groupby("label")["split"].value_counts().unstack() == [12, 16, 8]).all().all()
 
 
+def test_the_smallest_demo_the_flow_accepts_has_every_split_of_every_class() -> None:
+    from flows.demo import MIN_DEMO_CLIPS
+
+    def splits_per_class(clips: int) -> set[frozenset[str]]:
+        rows = pd.DataFrame([_plan(i, DemoConfig())[0] for i in range(clips)])
+        return {frozenset(group) for group in rows.groupby("label")["split"].agg(set)}
+
+    assert splits_per_class(MIN_DEMO_CLIPS) == {frozenset({"train", "val", "test"})}
+    assert splits_per_class(MIN_DEMO_CLIPS - len(CLASSES)) != {frozenset({"train", "val", "test"})}  # one fewer per class
+
+
 def test_event_sound_has_its_class_pitch(demo_dir: Path, demo_labels: pd.DataFrame) -> None:
     for row in demo_labels.itertuples():
         audio, _ = decode.decode_audio(demo_dir / row.path, row.start + 0.1, row.end - 0.1, 16000)
