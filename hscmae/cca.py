@@ -44,11 +44,11 @@ class LinearCCA:
 
     def transform_x(self, x: np.ndarray | torch.Tensor, *, scale: bool = False) -> np.ndarray:
         """``x: [N, Dx]`` -> ``[N, k]`` float64; ``scale`` multiplies each variate by its correlation."""
-        return (_float64(x, "x") - self.mean_x) @ self.proj_x * (self.correlations if scale else 1.0)
+        return (_tensor64(x, "x").cpu().numpy() - self.mean_x) @ self.proj_x * (self.correlations if scale else 1.0)
 
     def transform_y(self, y: np.ndarray | torch.Tensor, *, scale: bool = False) -> np.ndarray:
         """``y: [N, Dy]`` -> ``[N, k]`` float64; ``scale`` multiplies each variate by its correlation."""
-        return (_float64(y, "y") - self.mean_y) @ self.proj_y * (self.correlations if scale else 1.0)
+        return (_tensor64(y, "y").cpu().numpy() - self.mean_y) @ self.proj_y * (self.correlations if scale else 1.0)
 
     def embed(self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """The paired views as retrieval compares them: ``[N, k]`` variates of each, scaled by the correlations."""
@@ -61,13 +61,6 @@ class LinearCCA:
     @classmethod
     def load(cls, path: str) -> LinearCCA:
         return cls(**load_file(path))
-
-
-def _float64(a: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
-    out = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-    if out.ndim != 2:
-        raise ValueError(f"{name}: expected [N, D], got shape {out.shape}")
-    return out.astype(np.float64, copy=False)
 
 
 def _tensor64(a: np.ndarray | torch.Tensor, name: str) -> Tensor:

@@ -11,7 +11,6 @@ recomputes only the shards holding that clip.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -21,7 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path
-from pipeline.digest import sha256_file
+from pipeline.digest import sha256_file, sha256_stream
 
 MISSING = "missing"  # the digest of a source that is not there (yet)
 
@@ -86,12 +85,8 @@ def _member_digests(path: Path) -> dict[str, str] | None:
             with tqdm(total=sum(i.file_size for i in files), unit="B", unit_scale=True, leave=False,
                       desc=f"sha256 of {path.name}'s members", disable=None) as bar:  # None: off unless a terminal
                 for info in files:
-                    digest = hashlib.sha256()
                     with bundle.open(info) as member:
-                        while block := member.read(1 << 20):
-                            digest.update(block)
-                            bar.update(len(block))
-                    digests[info.filename] = digest.hexdigest()
+                        digests[info.filename] = sha256_stream(member, bar)
             return digests
     except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError):  # damaged, encrypted, unsupported
         return None
