@@ -49,11 +49,12 @@ def num_frames(num_samples: int) -> int:
 
 
 def num_examples(num_samples: int) -> int:
-    """0.96 s examples on the one-second grid in ``num_samples`` of 16 kHz audio: one per whole second."""
-    frames = num_frames(num_samples)
-    if frames < vp.EXAMPLE_WINDOW_FRAMES:
-        return 0
-    return min(1 + (frames - vp.EXAMPLE_WINDOW_FRAMES) // vp.GRID_HOP_FRAMES, num_samples // vp.SAMPLE_RATE)
+    """0.96 s examples on the one-second grid in ``num_samples`` of 16 kHz audio: one per whole second.
+
+    Example ``k`` spans frames ``[100k, 100k + 96)``, which fit in the STFT frames of ``k + 1`` whole
+    seconds, so the count of whole seconds is also the count of examples that fit.
+    """
+    return num_samples // vp.SAMPLE_RATE
 
 
 class LogMelFrontend(nn.Module):

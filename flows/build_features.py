@@ -24,7 +24,6 @@ and its final message says how many of the clips failed.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from flows.common import VISUAL_MODELS, add_runner_arguments
@@ -65,7 +64,7 @@ def check_arguments(args: argparse.Namespace) -> argparse.Namespace:
 
 
 if __name__ == "__main__":  # --help, argument errors and bad input answer before torch and Prefect load
-    check_arguments(parse_arguments())
+    CHECKED = check_arguments(parse_arguments())
 
 import json  # noqa: E402
 import os  # noqa: E402
@@ -415,8 +414,9 @@ def weights_config(args: argparse.Namespace) -> ExtractConfig:
                          visual_weights=args.visual_weights or both, device=args.device)
 
 
-def main(argv: list[str] | None = None) -> FeatureSetOutcome:
-    args = check_arguments(parse_arguments(argv))
+def main(argv: list[str] | None = None, *, checked: argparse.Namespace | None = None) -> FeatureSetOutcome:
+    """The command line: ``argv`` parsed and checked, or ``checked`` when ``__main__`` has done that already."""
+    args = checked or check_arguments(parse_arguments(argv))
     apply_verbosity(args)
     parameters = dict(manifest=args.manifest, demo_clips=args.demo_clips, demo=DemoConfig(seconds=args.demo_seconds),
                       out=args.out, clips_per_shard=args.clips_per_shard,
@@ -430,4 +430,4 @@ if __name__ == "__main__":
     # run the importable module's copy, so Dask workers can unpickle its tasks by reference
     from flows.build_features import main as module_main
 
-    module_main(sys.argv[1:])
+    module_main(checked=CHECKED)

@@ -11,7 +11,6 @@ that the path works end to end, not how well the method does on real data.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from flows.common import VISUAL_MODELS, add_verbose_argument, apply_verbosity
@@ -54,7 +53,7 @@ def check_arguments(args: argparse.Namespace) -> argparse.Namespace:
 
 
 if __name__ == "__main__":  # --help, argument errors and bad input answer before torch and Prefect load
-    check_arguments(parse_arguments())
+    CHECKED = check_arguments(parse_arguments())
 
 from typing import Annotated  # noqa: E402
 
@@ -99,8 +98,9 @@ def demo(
                                        batch_size=batch_size, runs_root=str(out / runs_root), model_preset="demo"))
 
 
-def main(argv: list[str] | None = None) -> TrainEvalOutcome:
-    args = check_arguments(parse_arguments(argv))
+def main(argv: list[str] | None = None, *, checked: argparse.Namespace | None = None) -> TrainEvalOutcome:
+    """The command line: ``argv`` parsed and checked, or ``checked`` when ``__main__`` has done that already."""
+    args = checked or check_arguments(parse_arguments(argv))
     apply_verbosity(args)
     parameters = dict(clips=args.clips, seconds=args.seconds, visual_model=args.visual_model, seeds=args.seeds,
                       epochs=args.epochs, batch_size=args.batch_size, out=args.out, runs_root=args.runs_root)
@@ -114,4 +114,4 @@ def main(argv: list[str] | None = None) -> TrainEvalOutcome:
 if __name__ == "__main__":
     from flows.demo import main as module_main  # the importable module's copy, as the other flows do
 
-    module_main(sys.argv[1:])
+    module_main(checked=CHECKED)

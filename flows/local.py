@@ -82,9 +82,10 @@ def _ours(pid: int) -> bool:
     if not cmdline.parent.exists():  # no procfs: trust the pid file
         return _alive(pid)
     try:
-        return b"prefect" in cmdline.read_bytes() or b"flows.files" in cmdline.read_bytes()
+        command = cmdline.read_bytes()
     except OSError:
         return False
+    return b"prefect" in command or b"flows.files" in command
 
 
 def _read_pid(name: str) -> int | None:

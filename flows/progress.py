@@ -6,15 +6,9 @@ artifact's description carries the counts in words ("3 of 8 method x seed done .
 
 from __future__ import annotations
 
-import sys
 from uuid import UUID
 
 from tqdm import tqdm
-
-
-def in_terminal() -> bool:
-    """Whether stderr is an interactive terminal (the only place a tqdm bar helps)."""
-    return bool(getattr(sys.stderr, "isatty", None) and sys.stderr.isatty())
 
 
 class Progress:
@@ -34,7 +28,7 @@ class Progress:
 
         self.total = max(1, total)
         self.artifact: UUID = create_progress_artifact(0.0, key=key, description=text)
-        self.bar = tqdm(total=total, desc=key, unit=unit, disable=not in_terminal(), leave=False)
+        self.bar = tqdm(total=total, desc=key, unit=unit, disable=None, leave=False)  # None: off unless a terminal
 
     def __enter__(self) -> Progress:
         return self

@@ -16,7 +16,6 @@ the results table and links to the plots are artifacts of the flow run.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from flows.common import add_runner_arguments
@@ -62,7 +61,7 @@ def check_arguments(args: argparse.Namespace) -> argparse.Namespace:
 
 
 if __name__ == "__main__":  # --help, argument errors and bad input answer before torch and Prefect load
-    check_arguments(parse_arguments())
+    CHECKED = check_arguments(parse_arguments())
 
 import dataclasses  # noqa: E402
 import shutil  # noqa: E402
@@ -264,8 +263,9 @@ def train_eval(config: ExperimentSettings = ExperimentSettings(), out: Path | Sk
     return TrainEvalOutcome(run_dir=run_dir, table=table, task_states=states)
 
 
-def main(argv: list[str] | None = None) -> TrainEvalOutcome:
-    args = check_arguments(parse_arguments(argv))
+def main(argv: list[str] | None = None, *, checked: argparse.Namespace | None = None) -> TrainEvalOutcome:
+    """The command line: ``argv`` parsed and checked, or ``checked`` when ``__main__`` has done that already."""
+    args = checked or check_arguments(parse_arguments(argv))
     apply_verbosity(args)
     if args.print_config:
         print(yaml.safe_dump(args.experiment.resolved(), sort_keys=False), end="")
@@ -280,4 +280,4 @@ if __name__ == "__main__":
     # run the importable module's copy, so Dask workers can unpickle its tasks by reference
     from flows.train_eval import main as module_main
 
-    module_main(sys.argv[1:])
+    module_main(checked=CHECKED)

@@ -29,6 +29,7 @@ from pipeline.atomic import atomic_path
 
 LAST = "last.json"
 BEST = "best.safetensors"
+POSTHOC_CCA = "posthoc_cca.safetensors"  # a trained method's post-hoc linear CCA, beside BEST
 EPOCH_DIR = re.compile(r"^epoch_\d{4,}$")
 
 

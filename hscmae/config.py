@@ -267,17 +267,9 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"experiment config: unknown keys {unknown} (known: {sorted(names)})")
-        data = dict(data)
+        data = _checked(cls, data, "experiment")
         if isinstance(data.get("synthetic"), dict):
-            known = {f.name for f in dataclasses.fields(SyntheticConfig)}
-            bad = sorted(set(data["synthetic"]) - known)
-            if bad:
-                raise ValueError(f"synthetic config: unknown keys {bad} (known: {sorted(known)})")
-            data["synthetic"] = SyntheticConfig(**data["synthetic"])
+            data["synthetic"] = SyntheticConfig(**_checked(SyntheticConfig, data["synthetic"], "synthetic"))
         return cls(**data)
 
     def resolved(self) -> dict[str, Any]:

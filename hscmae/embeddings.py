@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hscmae.checkpoint import BEST
+from hscmae.checkpoint import BEST, POSTHOC_CCA
 from hscmae.config import MethodConfig
 from hscmae.data import ClipArrays
 from pipeline.atomic import atomic_path
@@ -130,8 +130,6 @@ def load_embedder(method: MethodConfig, folder: str | os.PathLike[str], dims: di
         raise EmbeddingError(f"{best}: made for feature sizes {found}, the clips have {dims}")
     extra = None
     if posthoc:
-        from hscmae.experiment import POSTHOC_CCA  # here: hscmae.experiment imports this module's users
-
         path = folder / POSTHOC_CCA
         if not path.is_file():
             raise EmbeddingError(f"{path}: no post-hoc CCA saved for this run")

@@ -123,14 +123,7 @@ def evaluate_partial(embedder: Embedder, test: ClipArrays, *, posthoc: LinearCCA
     """
     out: dict[str, float] = {}
     for fraction in drops:
-        audio, visual = embedder(drop_seconds(test, fraction))
-        views = {"": (audio, visual)}
-        if posthoc is not None:
-            views[POSTHOC_PREFIX] = posthoc.embed(audio, visual)
-        for prefix, (a, v) in views.items():
-            found = _directions(a, v, test.label_id, (), ())
-            maps = {d: r.mean_average_precision for d, r in found.items()}
-            tag = f"drop{round(fraction * 100)}_{prefix}"
-            out.update({f"{tag}{d}_map": m for d, m in maps.items()})
-            out[f"{tag}mean_map"] = float(np.mean(list(maps.values())))
+        found = evaluate(*embedder(drop_seconds(test, fraction)), test.label_id, posthoc=posthoc, ks=(),
+                         recall_levels=())
+        out.update({f"drop{round(fraction * 100)}_{name}": value for name, value in found.metrics.items()})
     return out

@@ -30,7 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from hscmae.cca import LinearCCA
-from hscmae.checkpoint import BEST, checkpoint_dir
+from hscmae.checkpoint import BEST, POSTHOC_CCA, checkpoint_dir
 from hscmae import diagnostics
 from hscmae.config import ExperimentConfig
 from hscmae.data import ClipArrays
@@ -42,8 +42,6 @@ from hscmae.train import embed, fit
 from pipeline.atomic import atomic_path
 from pipeline.shards import SPLITS, load_feature_set
 from pipeline.splits import carve_val
-
-POSTHOC_CCA = "posthoc_cca.safetensors"
 
 
 @dataclass

@@ -29,8 +29,8 @@ from torch import Tensor, nn
 from hscmae.cca import fit_cca_tensors
 
 
-def _whitened_cross_covariance(h1: Tensor, h2: Tensor, *, ridge: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Cholesky factors ``L1, L2`` of the ridge covariances and ``T = L1^-1 S12 L2^-T`` (float64)."""
+def _whitened_cross_covariance(h1: Tensor, h2: Tensor, *, ridge: float) -> Tensor:
+    """``T = L1^-1 S12 L2^-T`` (float64), ``L1, L2`` the Cholesky factors of the ridge covariances."""
     h1, h2 = h1.double(), h2.double()
     denom = max(h1.shape[0] - 1, 1)
     h1 = h1 - h1.mean(dim=0)
@@ -44,7 +44,7 @@ def _whitened_cross_covariance(h1: Tensor, h2: Tensor, *, ridge: float) -> tuple
     l1 = torch.linalg.cholesky(s11)
     l2 = torch.linalg.cholesky(s22)
     left = torch.linalg.solve_triangular(l1, s12, upper=False)
-    return l1, l2, torch.linalg.solve_triangular(l2, left.T, upper=False).T
+    return torch.linalg.solve_triangular(l2, left.T, upper=False).T
 
 
 def canonical_correlations(h1: Tensor, h2: Tensor, *, ridge: float) -> Tensor:
@@ -52,7 +52,7 @@ def canonical_correlations(h1: Tensor, h2: Tensor, *, ridge: float) -> Tensor:
 
     Covariances are centred, divided by ``B - 1`` and get ``ridge * (mean variance) * I`` added.
     """
-    return torch.linalg.svdvals(_whitened_cross_covariance(h1, h2, ridge=ridge)[2])
+    return torch.linalg.svdvals(_whitened_cross_covariance(h1, h2, ridge=ridge))
 
 
 def cca_loss(h1: Tensor, h2: Tensor, *, k: int | None, ridge: float) -> Tensor:
