@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import decode
-from pipeline.demo import write_video
-from pipeline.media import SegmentConfig, segment_clip, segment_manifest
+from pipeline.media import decode
+from pipeline.datasets.demo_videos import write_video
+from pipeline.media.segment import SegmentConfig, segment_clip, segment_manifest
 
 SECONDS, FPS, WIDTH, HEIGHT, RATE = 10, 25, 640, 360, 44100
 

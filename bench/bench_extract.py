@@ -1,6 +1,6 @@
 """Feature extraction speed: model forward alone versus the whole pipeline from video files.
 
-Writes demo clips (``pipeline.demo``), then measures in one run, with the same models:
+Writes demo clips (``pipeline.datasets.demo_videos``), then measures in one run, with the same models:
 
 * forward only: VGGish on log-mel examples and the frame model on preprocessed frames, all
   already in memory (audio examples/s, frames/s);
@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from extractors.extract import ClipJob, ExtractConfig, Extractors, extract_features  # noqa: E402
 from extractors.visual import preprocess_frames  # noqa: E402
-from pipeline.demo import CLASSES, DemoConfig, write_demo  # noqa: E402
-from pipeline.failures import Failure  # noqa: E402
-from pipeline.media import SegmentConfig, segment_clip  # noqa: E402
+from pipeline.datasets.demo_videos import CLASSES, DemoConfig, write_demo  # noqa: E402
+from pipeline.features.failures import Failure  # noqa: E402
+from pipeline.media.segment import SegmentConfig, segment_clip  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

@@ -27,7 +27,7 @@ FPS, RATE = 2, 16000
 
 def make_clip(path: Path, seconds: int, size: int) -> Path:
     """A ``seconds``-long ``size`` x ``size`` video with a changing picture and noise audio."""
-    from pipeline.demo import write_video
+    from pipeline.datasets.demo_videos import write_video
 
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 255, size=(seconds * FPS, size, size, 3), dtype=np.uint8)
@@ -40,7 +40,7 @@ def child(path: Path, size: int) -> None:
     import torch
 
     from extractors.extract import ExtractConfig, Extractors
-    from pipeline.media import SegmentConfig, segment_clip
+    from pipeline.media.segment import SegmentConfig, segment_clip
 
     torch.set_num_threads(1)
     models = Extractors(ExtractConfig(audio_weights="random", visual_weights="random", device="cpu"))

@@ -25,11 +25,12 @@ from extractors import vggish_params as vp
 from extractors.logmel import num_examples
 from extractors.vggish import AudioExtractor, build_audio
 from extractors.visual import VisualExtractor, build_visual
-from pipeline.failures import Failure
-from pipeline.shards import CLIP_ID_PATTERN, SPLITS, ClipFeatures, is_clip_id, write_shard
+from pipeline.features.failures import Failure
+from pipeline.features.shards import ClipFeatures, write_shard
+from pipeline.vocab import CLIP_ID_PATTERN, SPLITS, is_clip_id
 
 if TYPE_CHECKING:
-    from pipeline.media import Segment
+    from pipeline.media.segment import Segment
 
 STAGE = "extract"
 

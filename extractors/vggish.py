@@ -17,7 +17,7 @@ from torch import nn
 from extractors import vggish_params as vp
 from extractors.logmel import LogMelFrontend
 from extractors.weights import WeightsArg, WeightsSpec, load_weights
-from pipeline.shards import RANDOM_WEIGHTS
+from pipeline.vocab import RANDOM_WEIGHTS
 
 VERSION = "2"  # 2: one example per second of the clip (vggish_params.GRID_HOP_SECONDS), not per 0.96 s
 

@@ -27,9 +27,9 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from pipeline.atomic import atomic_path
-from pipeline.digest import sha256_file
-from pipeline.shards import RANDOM_WEIGHTS
+from pipeline.io.atomic import atomic_path
+from pipeline.io.digest import sha256_file
+from pipeline.vocab import RANDOM_WEIGHTS
 
 WeightsArg = str | os.PathLike[str] | None
 BASE_URL_ENV = "HSCMAE_WEIGHTS_BASE_URL"  # fetch from here instead of the published host (mirrors, tests)

@@ -27,7 +27,7 @@ import argparse
 from pathlib import Path
 
 from flows.common import VISUAL_MODELS, add_runner_arguments
-from pipeline.errors import add_debug_argument, user_errors
+from pipeline.io.errors import add_debug_argument, user_errors
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,7 +55,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_arguments(args: argparse.Namespace) -> argparse.Namespace:
     """Bad paths or values: one ``error:`` line and exit 2 (light: no torch, no Prefect)."""
-    from pipeline.inputs import check_build_features
+    from flows.checks import check_build_features
 
     with user_errors(args.debug):
         check_build_features(args.manifest, root=args.root, archive=args.archive, clips_per_shard=args.clips_per_shard,
@@ -93,21 +93,21 @@ from flows.params import AcquireSettings, DemoSettings, ExtractSettings, Segment
 from flows.progress import Progress  # noqa: E402
 from flows.common import (apply_verbosity, check_flow_parameters, digest, frame_digest, key_of, link_dir, output_root,  # noqa: E402
                           results_dir, runner_from_arguments, short, source_digest, task_runner)
-from pipeline.acquire import (AcquireConfig, acquire, availability_failures, available_sources,  # noqa: E402
+from pipeline.media.acquire import (AcquireConfig, acquire, availability_failures, available_sources,  # noqa: E402
                               content_path)
-from pipeline.atomic import atomic_path  # noqa: E402
-from pipeline.demo import LABELS_FILE, DemoConfig, write_demo  # noqa: E402
-from pipeline.digest import sha256_file  # noqa: E402
-from pipeline.failures import Failure, failures_frame, read_failures, write_failures  # noqa: E402
-from pipeline.folder import SplitConfig, build_folder_manifest  # noqa: E402
-from pipeline.manifest_schema import manifest_root, read_manifest, write_manifest  # noqa: E402
-from pipeline.media import SegmentConfig, segment_clip  # noqa: E402
-from pipeline.source_index import SourceIndex  # noqa: E402
-from pipeline.youtube import TRANSIENT  # noqa: E402
+from pipeline.io.atomic import atomic_path  # noqa: E402
+from pipeline.datasets.demo_videos import LABELS_FILE, DemoConfig, write_demo  # noqa: E402
+from pipeline.io.digest import sha256_file  # noqa: E402
+from pipeline.features.failures import Failure, failures_frame, read_failures, write_failures  # noqa: E402
+from pipeline.datasets.folder import SplitConfig, build_folder_manifest  # noqa: E402
+from pipeline.datasets.schema import manifest_root, read_manifest, write_manifest  # noqa: E402
+from pipeline.media.segment import SegmentConfig, segment_clip  # noqa: E402
+from pipeline.media.source_index import SourceIndex  # noqa: E402
+from pipeline.media.youtube import TRANSIENT  # noqa: E402
 
-ACQUIRE_CODE = ("pipeline.acquire", "pipeline.youtube")
-EXTRACT_CODE = ("pipeline.media", "pipeline.decode", "extractors")
-DEMO_CODE = ("pipeline.demo",)
+ACQUIRE_CODE = ("pipeline.media.acquire", "pipeline.media.youtube")
+EXTRACT_CODE = ("pipeline.media.segment", "pipeline.media.decode", "extractors")
+DEMO_CODE = ("pipeline.datasets.demo_videos",)
 ACQUIRE_RETRIES = 3
 
 
@@ -327,7 +327,7 @@ def build_features(
     """Build a feature set from ``manifest`` (or ``demo_clips`` generated demo videos) under ``out``.
 
     Args:
-        manifest: a manifest Parquet file (``pipeline.manifest``); empty builds the demo videos.
+        manifest: a manifest Parquet file (``pipeline.datasets.manifest``); empty builds the demo videos.
         demo_clips: number of demo clips when ``manifest`` is empty; ``demo`` shapes them.
         out: output root (empty: ``$HSCMAE_OUTPUTS``, else ``./outputs``): ``features/<key>/``, ``media/``, ``demo/``.
         clips_per_shard: manifest rows per task and per shard.

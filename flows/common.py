@@ -77,7 +77,7 @@ def frame_digest(frame: pd.DataFrame) -> str:
 
 def files_digest(paths: Iterable[str | os.PathLike[str]]) -> str:
     """sha256 over the bytes of ``paths`` (in the given order), e.g. every shard of a feature set."""
-    from pipeline.digest import sha256_file
+    from pipeline.io.digest import sha256_file
 
     return digest([sha256_file(p) for p in paths])
 
@@ -191,7 +191,7 @@ def check_flow_parameters(flow_: Flow, parameters: Mapping[str, Any], *, where: 
     """
     from prefect.exceptions import ParameterTypeError
 
-    from pipeline.errors import UserError, user_errors
+    from pipeline.io.errors import UserError, user_errors
 
     quiet = logging.getLogger("prefect.flows")  # it logs every bad value with a dump of all parameters
     was_disabled = quiet.disabled

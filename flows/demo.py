@@ -14,10 +14,10 @@ import argparse
 from pathlib import Path
 
 from flows.common import VISUAL_MODELS, add_verbose_argument, apply_verbosity
-from pipeline.errors import add_debug_argument, user_errors
+from pipeline.io.errors import add_debug_argument, user_errors
 
 DEMO_CLIPS = 180  # 80 train, 40 val, 60 test
-MIN_DEMO_CLIPS = 20  # the fewest with train, val and test clips of every class (pipeline.demo splits by position)
+MIN_DEMO_CLIPS = 20  # the fewest with train, val and test clips of every class (pipeline.datasets.demo_videos splits by position)
 DEMO_SECONDS = 5.0
 DEMO_SEEDS = [0, 1, 2]
 # 80 training clips: batches of 16 give 5 steps per epoch, 300 in all, so the val curve
@@ -45,7 +45,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_arguments(args: argparse.Namespace) -> argparse.Namespace:
     """Bad values: one ``error:`` line and exit 2 (light: no torch, no Prefect)."""
-    from pipeline.inputs import check_demo
+    from flows.checks import check_demo
 
     with user_errors(args.debug):
         check_demo(args.clips, args.seconds, args.seeds, args.epochs)

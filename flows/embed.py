@@ -62,7 +62,7 @@ def run_features_meta(run_dir: Path) -> dict[str, Any]:
     """The extractor metadata of the feature shards ``run_dir`` was trained on."""
     import json
 
-    from pipeline.shards import read_shard, shard_paths
+    from pipeline.features.shards import read_shard, shard_paths
 
     config = json.loads((run_dir / "config.json").read_text())
     return read_shard(shard_paths(config["experiment"]["shards"])[0])[1]
@@ -80,9 +80,9 @@ def extract_config_of(meta: dict[str, Any]) -> ExtractConfig:
 def features_from_videos(run_dir: Path, videos: Path, out: Path) -> Path:
     """Run ``build-features`` on ``videos`` with the run's extractor; returns the new shard folder."""
     from flows.build_features import build_features
-    from pipeline.folder import LABELS_CSV, SplitConfig, build_folder_manifest, read_labels_csv, scan_class_tree
-    from pipeline.manifest_schema import write_manifest
-    from pipeline.shards import read_shard, shard_paths
+    from pipeline.datasets.folder import LABELS_CSV, SplitConfig, build_folder_manifest, read_labels_csv, scan_class_tree
+    from pipeline.datasets.schema import write_manifest
+    from pipeline.features.shards import read_shard, shard_paths
 
     meta = run_features_meta(run_dir)
     listing = videos / LABELS_CSV if videos.is_dir() else videos  # what build_folder_manifest reads
@@ -111,8 +111,8 @@ def _flow() -> Any:
     from prefect import flow, task
 
     from flows.common import digest, key_of, results_dir, source_digest
-    from pipeline.digest import sha256_file
-    from pipeline.shards import load_feature_set, shard_paths
+    from pipeline.io.digest import sha256_file
+    from pipeline.features.shards import load_feature_set, shard_paths
 
     embed_task = task(name="embed-shard", task_run_name="{job.shard.stem}", cache_policy=key_of("job"),
                       persist_result=True)(_embed_job)
@@ -141,7 +141,7 @@ def _flow() -> Any:
         shards = shard_paths(source)
         first = load_feature_set(shards[:1])
         dims = tuple(zip(("audio", "visual"), first.dims))
-        code = source_digest("hscmae", "pipeline.shards")
+        code = source_digest("hscmae", "pipeline.features.shards")
         jobs = [EmbedJob(key=digest("embed", sha256_file(shard), sha256_file(weights), config.to_dict(), seed,
                                     posthoc_cca, code, str(out / SHARD_NAME.format(i))),
                          run_dir=run_dir, method=method, seed=seed, posthoc=posthoc_cca, dims=dims, shard=shard,
@@ -169,7 +169,7 @@ def __getattr__(name: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> EmbedOutcome:
-    from pipeline.errors import add_debug_argument, user_errors
+    from pipeline.io.errors import add_debug_argument, user_errors
 
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m flows.embed",
                                      description=__doc__.splitlines()[0].replace("``", ""))
@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> EmbedOutcome:
 
 def check_embed(args: argparse.Namespace) -> None:
     """The command line's run, checkpoint and inputs, before any heavy work; raises ``UserError``."""
-    from pipeline.errors import UserError, require_dir, require_file
-    from pipeline.inputs import check_shards
+    from pipeline.io.errors import UserError, require_dir, require_file
+    from pipeline.features.shards import check_shards
 
     require_dir(args.run, "run directory (--run)")
     if args.features is not None:

@@ -24,10 +24,10 @@ from flows.common import VISUAL_MODELS
 from hscmae.config import MODEL_PRESETS, methods
 from hscmae.experiment import ExperimentConfig
 from hscmae.synthetic import SyntheticConfig
-from pipeline.acquire import AcquireConfig
-from pipeline.demo import DemoConfig
-from pipeline.media import SegmentConfig
-from pipeline.youtube import YouTubeConfig
+from pipeline.media.acquire import AcquireConfig
+from pipeline.datasets.demo_videos import DemoConfig
+from pipeline.media.segment import SegmentConfig
+from pipeline.media.youtube import YouTubeConfig
 
 VisualModel = Literal[VISUAL_MODELS]  # type: ignore[valid-type]  # the frame extractors, as choices
 Device = Literal["cuda", "cpu"]
@@ -41,7 +41,7 @@ class _Form(BaseModel):
 
 
 class DemoSettings(_Form):
-    """Shape of the generated demo clips (``pipeline.demo.DemoConfig``)."""
+    """Shape of the generated demo clips (``pipeline.datasets.demo_videos.DemoConfig``)."""
 
     seconds: float = Field(DemoConfig.seconds, gt=0.0, le=600.0, description="length of each clip (s)")
     width: int = Field(DemoConfig.width, ge=16, le=1920, description="frame width (pixels)")
@@ -60,7 +60,7 @@ class DemoSettings(_Form):
 
 
 class SegmentSettings(_Form):
-    """How clips are cut and normalised (``pipeline.media.SegmentConfig``); defaults suit the extractors."""
+    """How clips are cut and normalised (``pipeline.media.segment.SegmentConfig``); defaults suit the extractors."""
 
     sample_rate: int = Field(SegmentConfig.sample_rate, ge=8000, le=48000, description="audio resampled to (Hz)")
     fps: float = Field(SegmentConfig.fps, gt=0.0, le=30.0, description="frames per second sampled")
@@ -77,7 +77,7 @@ class SegmentSettings(_Form):
 
 
 class AcquireSettings(_Form):
-    """Where sources are read from (``pipeline.acquire.AcquireConfig``; downloads go under the output root)."""
+    """Where sources are read from (``pipeline.media.acquire.AcquireConfig``; downloads go under the output root)."""
 
     root: Path | SkipJsonSchema[None] = Field(None, description="folder that relative file sources are under")
     archive: Path | SkipJsonSchema[None] = Field(None, description="zip file or folder holding archive sources")

@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 
 from flows.common import add_runner_arguments
-from pipeline.errors import add_debug_argument, user_errors
+from pipeline.io.errors import add_debug_argument, user_errors
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,7 +50,7 @@ def check_arguments(args: argparse.Namespace) -> argparse.Namespace:
     Adds ``args.experiment``: the config file with the flags on top, every key checked.
     """
     from hscmae.config import load_config
-    from pipeline.inputs import check_train_eval
+    from flows.checks import check_train_eval
 
     with user_errors(args.debug):
         check_train_eval(args.features, args.config, seeds=args.seeds, epochs=args.epochs)
@@ -82,10 +82,10 @@ from flows.common import (apply_verbosity, check_flow_parameters, digest, file_u
 from hscmae.checkpoint import EPOCH_DIR, LAST  # noqa: E402
 from hscmae.experiment import ExperimentConfig, MethodResult, PreparedData, prepare, run_one, summarise  # noqa: E402
 from hscmae.synthetic import SyntheticConfig, write_synthetic  # noqa: E402
-from pipeline.shards import shard_paths  # noqa: E402
+from pipeline.features.shards import shard_paths  # noqa: E402
 
 EPOCH_LINES = 10  # most per-epoch log lines of one method x seed
-TRAIN_CODE = ("hscmae", "pipeline.shards", "pipeline.splits")
+TRAIN_CODE = ("hscmae", "pipeline.features.shards", "pipeline.datasets.splits")
 SYNTHETIC_CODE = ("hscmae.synthetic",)
 
 

@@ -7,7 +7,7 @@ Layout of a checkpoint directory::
     last.json                        # {"dir": "epoch_0003"}, rewritten last: the commit point
     best.safetensors                 # the best-on-val student
 
-Every file is written with :func:`pipeline.atomic.atomic_path`; ``last.json`` moves to a new epoch
+Every file is written with :func:`pipeline.io.atomic.atomic_path`; ``last.json`` moves to a new epoch
 only once that epoch's files are complete, then older epoch directories are removed.
 """
 
@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from pipeline.atomic import atomic_path
+from pipeline.io.atomic import atomic_path
 
 LAST = "last.json"
 BEST = "best.safetensors"

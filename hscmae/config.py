@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hscmae.synthetic import SyntheticConfig
-from pipeline.errors import UserError
+from pipeline.io.errors import UserError
 
 LOSS_TERMS = ("global", "local", "recon", "distill")
 MASK_MODES = ("element", "time")
@@ -295,11 +295,11 @@ class ExperimentConfig:
 def load_config(path: Path | None, overrides: dict[str, Any]) -> ExperimentConfig:
     """An :class:`ExperimentConfig` from a JSON or YAML file (optional), with non-``None`` ``overrides`` on top.
 
-    Raises :class:`pipeline.errors.UserError` starting with the file name (or "command line") for
-    unreadable files, bad YAML/JSON (:func:`pipeline.inputs.read_config_file`), unknown keys (named)
+    Raises :class:`pipeline.io.errors.UserError` starting with the file name (or "command line") for
+    unreadable files, bad YAML/JSON (:func:`pipeline.io.config_file.read_config_file`), unknown keys (named)
     and invalid values.
     """
-    from pipeline.inputs import read_config_file
+    from pipeline.io.config_file import read_config_file
 
     data = read_config_file(path) if path is not None else {}
     data.update({k: v for k, v in overrides.items() if v is not None})

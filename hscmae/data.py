@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.shards import MODALITIES, FeatureSet
+from pipeline.features.shards import FeatureSet
+
+from pipeline.vocab import MODALITIES
 
 
 @dataclass

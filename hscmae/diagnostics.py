@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from hscmae.cca import fit_cca  # noqa: E402
-from pipeline.atomic import atomic_path  # noqa: E402
+from pipeline.io.atomic import atomic_path  # noqa: E402
 
 FIELDS = ("grad_share", "weights", "purity_teacher", "purity_raw", "val_canonical_corr")
 

@@ -27,10 +27,10 @@ import pyarrow.parquet as pq
 from hscmae.checkpoint import BEST, POSTHOC_CCA
 from hscmae.config import MethodConfig
 from hscmae.data import ClipArrays
-from pipeline.atomic import atomic_path
-from pipeline.digest import sha256_file
-from pipeline.errors import UserError
-from pipeline.shards import MODALITIES
+from pipeline.io.atomic import atomic_path
+from pipeline.io.digest import sha256_file
+from pipeline.io.errors import UserError
+from pipeline.vocab import MODALITIES
 
 META_KEY = b"hscmae-embeddings"
 SHARD_PATTERN = "embeddings-*.parquet"
@@ -207,8 +207,8 @@ def read_embeddings(source: str | os.PathLike[str]) -> Embeddings:
 
 
 def embed_shard(embedder: Embedder, shard: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
-    """Embed every clip of one feature shard (``pipeline.shards``) into the embedding shard ``out``."""
-    from pipeline.shards import load_feature_set
+    """Embed every clip of one feature shard (``pipeline.features.shards``) into the embedding shard ``out``."""
+    from pipeline.features.shards import load_feature_set
 
     features = load_feature_set([shard])
     clips = ClipArrays.from_feature_set(features)

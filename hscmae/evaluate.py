@@ -25,8 +25,8 @@ import numpy as np
 from hscmae.cca import LinearCCA, fit_cca_path
 from hscmae.data import ClipArrays, seconds_dropped
 from hscmae.metrics import DEFAULT_KS, DEFAULT_RECALL_LEVELS, RetrievalMetrics, retrieval_metrics
+from pipeline.vocab import DIRECTIONS
 
-DIRECTIONS = ("a2v", "v2a")
 POSTHOC_PREFIX = "cca_"
 CCA_RIDGES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 PARTIAL_DROPS = (0.3, 0.5)

@@ -39,9 +39,10 @@ from hscmae.report import aggregate, data_info, markdown_table, plot_losses, plo
 from hscmae.retrieval_page import write_retrieval_page
 from hscmae.synthetic import write_synthetic
 from hscmae.train import embed, fit
-from pipeline.atomic import atomic_path
-from pipeline.shards import SPLITS, load_feature_set
-from pipeline.splits import carve_val
+from pipeline.io.atomic import atomic_path
+from pipeline.features.shards import load_feature_set
+from pipeline.vocab import SPLITS
+from pipeline.datasets.splits import carve_val
 
 
 @dataclass

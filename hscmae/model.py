@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from hscmae.config import ModelConfig
 from hscmae.data import seconds_dropped
-from pipeline.shards import MODALITIES
+from pipeline.vocab import MODALITIES
 
 
 class Dropout(nn.Dropout):

@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 
 from hscmae.config import LOSS_TERMS  # noqa: E402
 from hscmae.synthetic import is_synthetic  # noqa: E402
-from pipeline.shards import SPLITS, uses_random_weights, weights_summary  # noqa: E402
+from pipeline.features.shards import uses_random_weights, weights_summary  # noqa: E402
+from pipeline.vocab import SPLITS
 
 SELECTION_RULE = ("model selection: the epoch (linear CCA: the ridge) with the best mean mAP on val; "
                   "test is evaluated once, on the selected model")

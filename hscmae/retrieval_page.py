@@ -27,9 +27,10 @@ import pyarrow.parquet as pq
 from hscmae.checkpoint import checkpoint_dir
 from hscmae.embeddings import load_embedder
 from hscmae.metrics import retrieval_metrics
-from hscmae.search import DIRECTIONS, Index, unit_rows
-from pipeline.atomic import atomic_path
-from pipeline.shards import shard_paths
+from hscmae.search import Index, unit_rows
+from pipeline.io.atomic import atomic_path
+from pipeline.features.shards import shard_paths
+from pipeline.vocab import DIRECTIONS
 
 if TYPE_CHECKING:  # hscmae.experiment imports this module
     from hscmae.experiment import ExperimentConfig, MethodResult, PreparedData
@@ -59,7 +60,7 @@ def media_sources(shards: str | Path) -> dict[str, tuple[str, float, float, floa
 
     Empty for generated or imported features, and for sources that are not local files.
     """
-    from pipeline.manifest_schema import manifest_root, read_manifest
+    from pipeline.datasets.schema import manifest_root, read_manifest
 
     manifest = Path(shards).parent / "manifest.parquet"
     if not Path(shards).is_dir() or not manifest.is_file():
@@ -141,7 +142,7 @@ def _clip_cell(clip_id: str, label: str, media: dict[str, Any], extra: str = "")
 def _previews(run_dir: Path, clip_ids: set[str], sources: dict[str, tuple[str, float, float, float]]
               ) -> dict[str, Any]:
     """``clip_id -> (thumbnail, audio)`` relative paths, or the reason there is none."""
-    from pipeline.preview import try_preview
+    from pipeline.media.preview import try_preview
 
     shutil.rmtree(run_dir / MEDIA_DIR, ignore_errors=True)  # an earlier page's previews
     out: dict[str, Any] = {}

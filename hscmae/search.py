@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import UserError, add_debug_argument, named_errors, require_positive, user_errors
+from pipeline.io.errors import UserError, add_debug_argument, named_errors, require_positive, user_errors
+from pipeline.vocab import DIRECTIONS
 
-DIRECTIONS = {"a2v": ("audio", "visual"), "v2a": ("visual", "audio")}  # direction -> (query, gallery) modality
 BYTES_PER_PAIR = 24
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 SCORE_GRID = 2.0**-36  # cosines are rounded to this grid, so near-equal ones tie exactly
@@ -200,7 +200,7 @@ def _queries(index: Index, value: str, modality: str) -> tuple[np.ndarray, list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command line; bad input exits with status 2 and one ``error:`` line (``pipeline.errors``)."""
+    """The command line; bad input exits with status 2 and one ``error:`` line (``pipeline.io.errors``)."""
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m hscmae.search", description=__doc__.splitlines()[0])
     parser.add_argument("--index", required=True, type=Path, help="embedding folder or shard (python -m flows.embed)")
     query = parser.add_mutually_exclusive_group(required=True)

@@ -30,8 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.shards import MODALITIES, SPLITS, ClipFeatures, write_shard
-from pipeline.splits import carve_val, stratified_holdout
+from pipeline.features.shards import ClipFeatures, write_shard
+
+from pipeline.vocab import MODALITIES, SPLITS
+from pipeline.datasets.splits import carve_val, stratified_holdout
 
 GENERATOR_VERSION = "2"
 EXTRACTOR = "synthetic"

@@ -32,7 +32,7 @@ from hscmae.checkpoint import BEST, load_checkpoint, load_module, save_checkpoin
 from hscmae.config import LossConfig, MethodConfig
 from hscmae.data import ClipArrays
 from hscmae.model import HSCMAE, mask_elements, mask_seconds
-from pipeline.shards import MODALITIES
+from pipeline.vocab import MODALITIES
 
 DIAGNOSTIC_CLIPS = 4096  # training clips the validation canonical correlations are fitted on
 Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray], float]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.demo import DemoConfig, write_demo
+from pipeline.datasets.demo_videos import DemoConfig, write_demo
 
 DEMO_CLIPS = 12  # a few of each of the five classes; about two seconds to write
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.acquire import (
+from pipeline.media.acquire import (
     AVAILABILITY_FILE, AcquireConfig, acquire, availability_failures, available_sources, content_path, safe_member,
     write_availability,
 )
-from pipeline.folder import SplitConfig, build_folder_manifest
-from pipeline.manifest_schema import OUTSIDE_ROOT_ATTR, ROOT_ATTR, read_manifest, write_build
+from pipeline.datasets.folder import SplitConfig, build_folder_manifest
+from pipeline.datasets.schema import OUTSIDE_ROOT_ATTR, ROOT_ATTR, read_manifest, write_build
 
 
 def _rows(sources: list[tuple[str, str, str]]) -> pd.DataFrame:

@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from pipeline.atomic import atomic_path
-from pipeline.failures import Failure, read_failures, write_failures
+from pipeline.io.atomic import atomic_path
+from pipeline.features.failures import Failure, read_failures, write_failures
 
 
 def test_interrupted_write_leaves_previous_file_and_no_temporary(tmp_path):

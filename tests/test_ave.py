@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.ave import ARCHIVE_DIR, ave_clip_id, build_ave_manifest, split_files_in
-from pipeline.manifest_schema import ManifestError
-from pipeline.shards import CLIP_ID_PATTERN
+from pipeline.datasets.ave import ARCHIVE_DIR, ave_clip_id, build_ave_manifest, split_files_in
+from pipeline.datasets.schema import ManifestError
+from pipeline.vocab import CLIP_ID_PATTERN
 
 SHARED_AVE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ave"
 

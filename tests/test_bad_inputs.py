@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.acquire import AcquireConfig, acquire
-from pipeline.errors import UserError
-from pipeline.folder import SplitConfig, build_folder_manifest
-from pipeline.import_features import FeatureImportError, import_single_file
-from pipeline.inputs import check_shards
-from pipeline.manifest_schema import ManifestError, read_manifest, write_build, write_manifest
-from pipeline.shards import ShardError
+from pipeline.media.acquire import AcquireConfig, acquire
+from pipeline.io.errors import UserError
+from pipeline.datasets.folder import SplitConfig, build_folder_manifest
+from pipeline.features.import_features import FeatureImportError, import_single_file
+from pipeline.features.shards import check_shards
+from pipeline.datasets.schema import ManifestError, read_manifest, write_build, write_manifest
+from pipeline.features.shards import ShardError
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_VAL = SplitConfig(val_fraction=0.0)
@@ -245,7 +245,7 @@ def test_constant_rows_can_be_kept_and_are_listed(tmp_path, capsys):
 
 
 def _truncated_shard(folder: Path) -> Path:
-    from pipeline.shards import ClipFeatures, write_shard
+    from pipeline.features.shards import ClipFeatures, write_shard
 
     clip = ClipFeatures("c1", "cat", 0, "train", np.ones((2, 4), np.float32), np.arange(6, dtype=np.float32).reshape(2, 3))
     meta = {m: {"extractor": "x", "version": "1", "params": {}, "weights": "random"} for m in ("audio", "visual")}
@@ -284,15 +284,15 @@ def test_every_cli_answers_bad_input_with_one_line_and_status_2(tmp_path):
     (tmp_path / "bad.h5").write_text("not hdf5")
     out = tmp_path / "m.parquet"
     runs = {
-        "manifest": (_cli("pipeline.manifest", "folder", "--source", str(csv), "--out", str(out)),
+        "manifest": (_cli("pipeline.datasets.manifest", "folder", "--source", str(csv), "--out", str(out)),
                      f"error: {csv}: 2 problems in 2 rows (line | column | value | problem):"),
-        "import": (_cli("pipeline.import_features", "single", "--h5", str(tmp_path / "bad.h5"), "--out",
+        "import": (_cli("pipeline.features.import_features", "single", "--h5", str(tmp_path / "bad.h5"), "--out",
                         str(tmp_path / "shards")), f"error: {tmp_path / 'bad.h5'}: not a readable HDF5 file ("),
         "train": (_cli("flows.train_eval", "--features", str(tmp_path / "none")),
                   f"error: {tmp_path / 'none'}: no such feature shard folder or file"),
         "bounds": (_cli("flows.demo", "--clips", "5", "--out", str(tmp_path / "shards")),
                    "error: demo: clips: Input should be greater than or equal to 20"),
-        "debug": (_cli("pipeline.manifest", "folder", "--source", str(tmp_path / "none.csv"), "--out", str(out),
+        "debug": (_cli("pipeline.datasets.manifest", "folder", "--source", str(tmp_path / "none.csv"), "--out", str(out),
                        "--debug"), None),
     }
     for name, (run, first_line) in runs.items():
@@ -334,8 +334,8 @@ def test_flow_mains_check_before_starting_prefect(tmp_path, capsys, module, args
     ("flows.train_eval", ["--seed", "1"]),
     ("flows.build_features", ["--demo-clip", "5"]),
     ("flows.embed", ["--run", "r", "--features", "f", "--out", "o", "--posthoc"]),
-    ("pipeline.manifest", ["folder", "--sour", "x.csv", "--out", "m.parquet"]),
-    ("pipeline.import_features", ["single", "--h5", "x.h5", "--ou", "o"]),
+    ("pipeline.datasets.manifest", ["folder", "--sour", "x.csv", "--out", "m.parquet"]),
+    ("pipeline.features.import_features", ["single", "--h5", "x.h5", "--ou", "o"]),
     ("hscmae.search", ["--ind", "i"]),
 ])
 def test_abbreviated_flags_are_refused_not_guessed(capsys, module, args):
@@ -363,7 +363,7 @@ def test_written_manifest_keeps_its_root_and_refuses_escapes(tmp_path):
 def test_source_index_hashes_a_file_once_until_it_changes(tmp_path, monkeypatch):
     import hashlib
 
-    from pipeline import source_index
+    from pipeline.media import source_index
 
     calls: list[Path] = []
     real = source_index.sha256_file
@@ -384,7 +384,7 @@ def test_source_index_digests_each_zip_member_so_a_changed_zip_changes_only_its_
     import hashlib
     import zipfile
 
-    from pipeline import source_index
+    from pipeline.media import source_index
 
     bundle = tmp_path / "clips.zip"
     with zipfile.ZipFile(bundle, "w", compression=zipfile.ZIP_DEFLATED) as z:

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import decode
-from pipeline.demo import CLASSES, DemoConfig, _plan, main, write_demo
-from pipeline.media import Segment, SegmentConfig, segment_clip
+from pipeline.media import decode
+from pipeline.datasets.demo_videos import CLASSES, DemoConfig, _plan, main, write_demo
+from pipeline.media.segment import Segment, SegmentConfig, segment_clip
 
-# Where each class's sound puts its strongest frequency (Hz), from the recipe in pipeline.demo.
+# Where each class's sound puts its strongest frequency (Hz), from the recipe in pipeline.datasets.demo_videos.
 PEAK_HZ = {"bell": (830, 930), "engine": (84, 96), "bird": (2300, 4300), "drum": (50, 70), "siren": (560, 1270)}
 COLOURS = {"bell": (230, 210, 30), "engine": (220, 30, 30), "bird": (40, 80, 230), "drum": (40, 200, 60), "siren": (220, 40, 220)}
 

@@ -16,7 +16,7 @@ from hscmae.evaluate import evaluate
 from hscmae.experiment import ExperimentConfig, run_experiment
 from hscmae.search import Index
 from hscmae.synthetic import SyntheticConfig
-from pipeline.shards import shard_paths
+from pipeline.features.shards import shard_paths
 
 SMALL = SyntheticConfig(clips=300, classes=3, seconds=3, audio_dim=12, visual_dim=20, signal_dim=3, val_fraction=0.0,
                         test_fraction=0.2, modes=1, nuisance_dim=2, hidden=32, min_event_seconds=2, min_valid_seconds=2)

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from extractors.extract import ClipJob, ExtractConfig, Extractors, prefetch, extract_features
-from pipeline.failures import Failure
-from pipeline.media import Segment, SegmentConfig, segment_clip
-from pipeline.shards import load_feature_set, uses_random_weights
+from pipeline.features.failures import Failure
+from pipeline.media.segment import Segment, SegmentConfig, segment_clip
+from pipeline.features.shards import load_feature_set, uses_random_weights
 
 CONFIG = ExtractConfig(audio_weights="random", visual_weights="random", clips_per_shard=2, batch_clips=3, max_batch=4)
 
@@ -116,7 +116,7 @@ def test_prefetch_is_bounded_and_in_order() -> None:
 
 
 def test_real_demo_video(models: Extractors, tmp_path: Path) -> None:
-    demo = pytest.importorskip("pipeline.demo")
+    demo = pytest.importorskip("pipeline.datasets.demo_videos")
     labels = demo.write_demo(tmp_path / "demo", 2, config=demo.DemoConfig(seconds=3.0), workers=1)
     jobs = []
     for row in labels.itertuples():

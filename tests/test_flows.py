@@ -45,13 +45,13 @@ from flows.build_features import AcquireJob, acquire_shard, build_features, clip
 from flows.common import task_runner
 from flows.train_eval import train_eval
 from hscmae.experiment import ExperimentConfig, run_experiment
-from pipeline.acquire import AcquireConfig, acquire
-from pipeline.demo import LABELS_FILE, DemoConfig, write_demo
-from pipeline.digest import sha256_file
-from pipeline.folder import SplitConfig, build_folder_manifest
-from pipeline.manifest_schema import write_manifest
-from pipeline.media import SegmentConfig
-from pipeline.shards import load_feature_set, read_shard
+from pipeline.media.acquire import AcquireConfig, acquire
+from pipeline.datasets.demo_videos import LABELS_FILE, DemoConfig, write_demo
+from pipeline.io.digest import sha256_file
+from pipeline.datasets.folder import SplitConfig, build_folder_manifest
+from pipeline.datasets.schema import write_manifest
+from pipeline.media.segment import SegmentConfig
+from pipeline.features.shards import load_feature_set, read_shard
 
 CLIPS, SECONDS, PER_SHARD = 60, 1.5, 15  # 4 shards of 15 clips, plus a shard holding the two bad rows
 RANDOM = ExtractConfig(audio_weights="random", visual_weights="random")

@@ -17,7 +17,7 @@ from extractors.extract import ExtractConfig
 from flows.build_features import clip_jobs, extract_cache_config
 from flows.common import digest, files_digest, frame_digest, source_digest
 from hscmae.config import load_config
-from pipeline.media import Segment, SegmentConfig
+from pipeline.media.segment import Segment, SegmentConfig
 
 
 def test_digest_is_canonical_json_sha256() -> None:
@@ -48,11 +48,11 @@ def test_file_digests_hash_bytes_not_names(tmp_path: Path) -> None:
 
 
 def test_source_digest_hashes_the_module_files() -> None:
-    import pipeline.atomic as atomic
+    import pipeline.io.atomic as atomic
 
     expected = hashlib.sha256(b"atomic.py" + Path(atomic.__file__).read_bytes()).hexdigest()
-    assert source_digest("pipeline.atomic") == expected
-    assert source_digest("extractors") != source_digest("pipeline.atomic")  # a package counts its modules
+    assert source_digest("pipeline.io.atomic") == expected
+    assert source_digest("extractors") != source_digest("pipeline.io.atomic")  # a package counts its modules
 
 
 def test_weights_files_are_keyed_by_content(tmp_path: Path) -> None:
@@ -145,8 +145,8 @@ def test_run_forms_mirror_every_stage_config_field_and_default() -> None:
     from extractors.extract import ExtractConfig
     from flows.params import AcquireSettings, DemoSettings, ExperimentSettings, ExtractSettings, SegmentSettings
     from hscmae.experiment import ExperimentConfig
-    from pipeline.acquire import AcquireConfig
-    from pipeline.demo import DemoConfig
+    from pipeline.media.acquire import AcquireConfig
+    from pipeline.datasets.demo_videos import DemoConfig
 
     for form, config, outside in ((DemoSettings, DemoConfig, set()), (SegmentSettings, SegmentConfig, set()),
                                   (ExtractSettings, ExtractConfig, {"clips_per_shard"}),

@@ -10,9 +10,9 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.ave import build_ave_manifest
-from pipeline.import_features import FeatureImportError, import_ave_features, import_single_file, main
-from pipeline.shards import load_feature_set, uses_random_weights
+from pipeline.datasets.ave import build_ave_manifest
+from pipeline.features.import_features import FeatureImportError, import_ave_features, import_single_file, main
+from pipeline.features.shards import load_feature_set, uses_random_weights
 
 LINES = ["Church bell&AAAAAAAAAAA&good&0&10", "Bark&BBBBBBBBBBB&good&2&5", "Bark&AAAAAAAAAAA&good&1&3",
          "Cat&CCCCCCCCCCC&good&0&0", "Bark&DDDDDDDDDDD&good&0&10", "Church bell&EEEEEEEEEEE&good&4&9",
@@ -114,7 +114,7 @@ def test_ave_shape_disagreeing_with_card_or_annotations(ave, tmp_path, name, sha
 
 
 def test_ave_cli(ave, tmp_path, capsys):
-    from pipeline.manifest_schema import write_manifest
+    from pipeline.datasets.schema import write_manifest
 
     manifest = write_manifest(build_ave_manifest(ave["annotations"], ave["splits"]).frame, tmp_path / "m.parquet")
     out = tmp_path / "shards"

@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import demo
-from pipeline.cards import CardError, fetch_source, load_card, verify_source
-from pipeline.manifest import main
-from pipeline.manifest_schema import counts_table, read_manifest, report_path
+from pipeline.datasets import demo_videos as demo
+from pipeline.datasets.cards import CardError, fetch_source, load_card, verify_source
+from pipeline.datasets.manifest import main
+from pipeline.datasets.schema import counts_table, read_manifest, report_path
 
 SHARED_AVE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ave"
 AVE_FILES = {"annotations": "Annotations.txt", "train_split": "trainSet.txt", "val_split": "valSet.txt",

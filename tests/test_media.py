@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import decode
-from pipeline.demo import write_video
-from pipeline.failures import Failure
-from pipeline.media import (
+from pipeline.media import decode
+from pipeline.datasets.demo_videos import write_video
+from pipeline.features.failures import Failure
+from pipeline.media.segment import (
     Segment, SegmentConfig, load_segment, save_segment, segment_clip, segment_manifest, segment_path,
 )
 

@@ -11,7 +11,7 @@ from hscmae.config import LOSS_TERMS, MODEL_PRESETS, MethodConfig, ModelConfig, 
 from hscmae.data import ClipArrays
 from hscmae.model import HSCMAE, Dropout, mask_elements, mask_seconds
 from hscmae.train import embed
-from pipeline.shards import FeatureSet
+from pipeline.features.shards import FeatureSet
 
 
 def _feature_set(seed: int = 0) -> FeatureSet:

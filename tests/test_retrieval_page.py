@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from hscmae.experiment import ExperimentConfig, run_experiment
-from pipeline.demo import LABELS_FILE, DemoConfig, write_demo
-from pipeline.folder import SplitConfig, build_folder_manifest
-from pipeline.manifest_schema import write_manifest
-from pipeline.preview import PREVIEW_RATE, PREVIEW_SECONDS
-from pipeline.shards import ClipFeatures, write_shard
+from pipeline.datasets.demo_videos import LABELS_FILE, DemoConfig, write_demo
+from pipeline.datasets.folder import SplitConfig, build_folder_manifest
+from pipeline.datasets.schema import write_manifest
+from pipeline.media.preview import PREVIEW_RATE, PREVIEW_SECONDS
+from pipeline.features.shards import ClipFeatures, write_shard
 
 META = {m: {"extractor": "test", "version": "1", "params": {}, "weights": "random"} for m in ("audio", "visual")}
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.shards import (
+from pipeline.features.shards import (
     META_KEY, ClipFeatures, ShardError, load_feature_set, read_shard, uses_random_weights,
     weights_summary, write_shard,
 )

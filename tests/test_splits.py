@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.splits import carve_val, stratified_holdout
+from pipeline.datasets.splits import carve_val, stratified_holdout
 
 
 def test_holdout_is_stratified_seeded_and_sized():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hscmae.synthetic import SyntheticConfig, generate, shard_meta, write_synthetic
-from pipeline.shards import load_feature_set, uses_random_weights
+from pipeline.features.shards import load_feature_set, uses_random_weights
 
 SMALL = dict(clips=1000, classes=5, seconds=6, audio_dim=24, visual_dim=48, signal_dim=8, nuisance_dim=4,
              hidden=64, test_fraction=0.2, val_fraction=0.1)

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.cards import load_card
-from pipeline.folder import SplitConfig, build_folder_manifest, clip_id_from_path
-from pipeline.manifest import main
-from pipeline.manifest_schema import ManifestError, read_manifest
-from pipeline.vegas import build_vegas_manifest
+from pipeline.datasets.cards import load_card
+from pipeline.datasets.folder import SplitConfig, build_folder_manifest, clip_id_from_path
+from pipeline.datasets.manifest import main
+from pipeline.datasets.schema import ManifestError, read_manifest
+from pipeline.datasets.vegas import build_vegas_manifest
 
 VEGAS = load_card("vegas").classes
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import youtube
-from pipeline.acquire import AcquireConfig, acquire
-from pipeline.youtube import YouTubeConfig, classify_error, download_all, download_clip
+from pipeline.media import youtube
+from pipeline.media.acquire import AcquireConfig, acquire
+from pipeline.media.youtube import YouTubeConfig, classify_error, download_all, download_clip
 
 # Messages as yt-dlp prints them (YouTube's wording), and what each outcome must be.
 MESSAGES = [

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_path
-from pipeline.digest import sha256_file, sha256_stream
+from pipeline.io.atomic import atomic_path
+from pipeline.io.digest import sha256_file, sha256_stream
 
 MISSING = "missing"  # the digest of a source that is not there (yet)
 

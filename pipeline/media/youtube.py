@@ -23,8 +23,8 @@ import yt_dlp
 from tqdm import tqdm
 from yt_dlp.utils import DownloadError, download_range_func
 
-from pipeline.media import clip_path
-from pipeline.shards import CLIP_ID_PATTERN
+from pipeline.media.segment import clip_path
+from pipeline.vocab import CLIP_ID_PATTERN
 
 log = logging.getLogger(__name__)
 

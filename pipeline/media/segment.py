@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline import decode
-from pipeline.atomic import atomic_path
-from pipeline.failures import Failure
-from pipeline.shards import CLIP_ID_PATTERN, is_clip_id
+from pipeline.media import decode
+from pipeline.io.atomic import atomic_path
+from pipeline.features.failures import Failure
+from pipeline.vocab import CLIP_ID_PATTERN, is_clip_id
 
 log = logging.getLogger(__name__)
 STAGE = "segment"

@@ -9,7 +9,7 @@
   but a member that resolves (through symlinks) outside the folder is not (``outside_root``);
   from a zip only the needed member is extracted into the cache (decord and PyAV need a
   path), once per member, so nothing else is unpacked.
-* ``youtube`` sources are downloaded through yt-dlp (:mod:`pipeline.youtube`).
+* ``youtube`` sources are downloaded through yt-dlp (:mod:`pipeline.media.youtube`).
 
 The availability table (``cache_dir/availability.parquet``) is kept between runs: what is
 complete is not fetched again, and only transient failures are retried.
@@ -26,10 +26,10 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline import youtube
-from pipeline.atomic import atomic_path
-from pipeline.failures import Failure
-from pipeline.manifest_schema import allows_outside_root, manifest_root
+from pipeline.media import youtube
+from pipeline.io.atomic import atomic_path
+from pipeline.features.failures import Failure
+from pipeline.datasets.schema import allows_outside_root, manifest_root
 
 AVAILABILITY_COLUMNS = ("clip_id", "source_kind", "source", "outcome", "path", "local_start_s", "message")
 AVAILABLE = ("present", youtube.DOWNLOADED)
@@ -140,7 +140,7 @@ def acquire(manifest: pd.DataFrame, config: AcquireConfig = AcquireConfig()) -> 
     """Make every manifest row's source available locally; return and save the availability table.
 
     Columns: :data:`AVAILABILITY_COLUMNS`; ``outcome`` is ``present``/``downloaded`` when the
-    clip can be segmented, else why not (``missing`` or a :data:`pipeline.youtube.OUTCOMES` value).
+    clip can be segmented, else why not (``missing`` or a :data:`pipeline.media.youtube.OUTCOMES` value).
     """
     cache = Path(config.cache_dir)
     table_path = cache / AVAILABILITY_FILE

@@ -35,10 +35,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from pipeline.manifest_schema import (ROOT_ATTR, Anomaly, ManifestBuild, ManifestError, RowProblem,
+from pipeline.datasets.schema import (ROOT_ATTR, Anomaly, ManifestBuild, ManifestError, RowProblem,
                                       validate_manifest)
-from pipeline.shards import CLIP_ID_PATTERN, SPLITS, is_clip_id
-from pipeline.splits import carve_val, stratified_holdout
+from pipeline.vocab import CLIP_ID_PATTERN, SPLITS, is_clip_id
+from pipeline.datasets.splits import carve_val, stratified_holdout
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg")
 LABELS_CSV = "labels.csv"  # a folder holding this file at its root is read through it

@@ -13,8 +13,8 @@ does not depend on where the data lives; the root is kept in the frame's ``attrs
 written when the user opted in (``--allow-outside-root``); the opt-in is recorded in
 ``attrs["allow_outside_root"]``, and acquisition reads no source outside the root without it.
 
-The builders (:mod:`pipeline.ave`, :mod:`pipeline.vegas`, :mod:`pipeline.folder`) import this
-module; the command line (:mod:`pipeline.manifest`) imports them and this: the arrows run one way.
+The builders (:mod:`pipeline.datasets.ave`, :mod:`pipeline.datasets.vegas`, :mod:`pipeline.datasets.folder`) import this
+module; the command line (:mod:`pipeline.datasets.manifest`) imports them and this: the arrows run one way.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from pipeline.atomic import atomic_path
-from pipeline.errors import UserError
-from pipeline.shards import CLIP_ID_PATTERN, SPLITS, is_clip_id
+from pipeline.io.atomic import atomic_path
+from pipeline.io.errors import UserError
+from pipeline.vocab import CLIP_ID_PATTERN, SPLITS, is_clip_id
 
 MANIFEST_COLUMNS = (
     "clip_id", "dataset", "source", "source_kind", "clip_start_s", "clip_end_s",

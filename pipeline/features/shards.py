@@ -25,18 +25,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.atomic import atomic_path
-from pipeline.errors import UserError
+from pipeline.io.atomic import atomic_path
+from pipeline.io.errors import UserError
+from pipeline.vocab import CLIP_ID_PATTERN, MODALITIES, RANDOM_WEIGHTS, SPLITS, is_clip_id
 
 META_KEY = b"hscmae"
-MODALITIES = ("audio", "visual")
-SPLITS = ("train", "val", "test")
-CLIP_ID_PATTERN = re.compile(r"^(?!\.+$)[A-Za-z0-9_.-]+$")  # safe as a file name; not "." or ".."
 REQUIRED_COLUMNS = (
     "clip_id", "label", "label_id", "split", "audio", "visual", "audio_seconds", "visual_seconds",
 )
 REQUIRED_META = ("extractor", "version", "params", "weights")
-RANDOM_WEIGHTS = "random"
 
 
 class ShardError(UserError):
@@ -101,11 +98,6 @@ class FeatureSet:
             visual=[self.visual[i] for i in positions],
             meta=self.meta,
         )
-
-
-def is_clip_id(value: object) -> bool:
-    """True when ``value`` is a string usable as a clip id and as a file name (CLIP_ID_PATTERN)."""
-    return isinstance(value, str) and CLIP_ID_PATTERN.match(value) is not None
 
 
 def uses_random_weights(meta: Mapping[str, Any]) -> bool:
@@ -283,3 +275,23 @@ def load_feature_set(source: str | os.PathLike[str] | Sequence[str | os.PathLike
         visual=[c.visual for c in clips],
         meta=meta or {},
     )
+
+
+def check_shards(source: str | os.PathLike[str]) -> list[Path]:
+    """The shard files of ``source`` (a folder or one file), each with a readable Parquet footer and metadata.
+
+    Reads footers only (fast), so a truncated or foreign file is named before any training starts.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise ShardError(f"{source}: no such feature shard folder or file")
+    paths = shard_paths(source)
+    for path in paths:
+        try:
+            schema = pq.ParquetFile(path).schema_arrow
+        except Exception as exc:  # pyarrow raises several types for a damaged file
+            raise ShardError(f"{path}: not a readable Parquet shard, truncated or damaged? "
+                             f"({' '.join(str(exc).split())})") from None
+        if not schema.metadata or META_KEY not in schema.metadata:
+            raise ShardError(f"{path}: not a feature shard (no '{META_KEY.decode()}' schema metadata)")
+    return paths

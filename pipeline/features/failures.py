@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.atomic import atomic_path
+from pipeline.io.atomic import atomic_path
 
 FAILURE_COLUMNS = ("clip_id", "stage", "kind", "message")
 

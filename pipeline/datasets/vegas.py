@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 
-from pipeline.cards import DatasetCard, load_card
-from pipeline.folder import BadRowPolicy, SplitConfig, build_folder_manifest
-from pipeline.manifest_schema import Anomaly, ManifestBuild
+from pipeline.datasets.cards import DatasetCard, load_card
+from pipeline.datasets.folder import BadRowPolicy, SplitConfig, build_folder_manifest
+from pipeline.datasets.schema import Anomaly, ManifestBuild
 
 
 def card_splitting(card: DatasetCard) -> SplitConfig:
@@ -35,7 +35,7 @@ def build_vegas_manifest(root: str | os.PathLike[str], *, card: DatasetCard | No
         card: the VEGAS card (default ``data_manifests/vegas.yaml``).
         split_file: CSV ``(clip_id|path),split``; otherwise the card's split rule or ``splitting``.
         splitting: overrides the card's split rule.
-        on_bad_row, allow_outside_root: as in :func:`pipeline.folder.build_folder_manifest`.
+        on_bad_row, allow_outside_root: as in :func:`pipeline.datasets.folder.build_folder_manifest`.
     """
     card = card or load_card("vegas")
     build = build_folder_manifest(root, dataset=card.name, classes=card.classes, split_file=split_file,

@@ -9,7 +9,7 @@ Clips are 10 s, 160x120 at 10 fps, mono AAC at 22.05 kHz (so segmentation really
 resamples to 16 kHz): small enough that a few hundred clips encode in about a minute on
 two cores. Everything is seeded per clip, so the set is identical for any worker count.
 
-    python -m pipeline.demo --out DIR --clips 300
+    python -m pipeline.datasets.demo_videos --out DIR --clips 300
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_path
+from pipeline.io.atomic import atomic_path
 
 CLASSES = ("bell", "engine", "bird", "drum", "siren")
 LABELS_FILE = "labels.csv"
@@ -252,7 +252,7 @@ def write_demo(out: str | os.PathLike[str], clips: int, *, config: DemoConfig = 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m pipeline.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m pipeline.datasets.demo_videos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write <class>/<clip>.mp4 and labels.csv into")
     parser.add_argument("--clips", type=int, default=100, help="number of clips (classes take turns)")
     parser.add_argument("--seed", type=int, default=0)

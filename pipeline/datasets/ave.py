@@ -27,9 +27,9 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from pipeline.cards import DatasetCard, load_card
-from pipeline.manifest_schema import Anomaly, ManifestBuild, ManifestError, RowProblem, validate_manifest
-from pipeline.shards import SPLITS
+from pipeline.datasets.cards import DatasetCard, load_card
+from pipeline.datasets.schema import Anomaly, ManifestBuild, ManifestError, RowProblem, validate_manifest
+from pipeline.vocab import SPLITS
 
 HEADER = ("Category", "VideoID", "Quality", "StartTime", "EndTime")
 ARCHIVE_DIR = "AVE_Dataset/AVE"

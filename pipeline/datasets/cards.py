@@ -18,11 +18,11 @@ from typing import Any
 
 import yaml
 
-from pipeline.atomic import atomic_path
-from pipeline.digest import sha256_file
-from pipeline.errors import UserError
+from pipeline.io.atomic import atomic_path
+from pipeline.io.digest import sha256_file
+from pipeline.io.errors import UserError
 
-CARDS_DIR = Path(__file__).resolve().parents[1] / "data_manifests"
+CARDS_DIR = Path(__file__).resolve().parents[2] / "data_manifests"
 _REQUIRED_KEYS = ("name", "title", "license", "classes", "expected", "splits", "sources")
 _CHUNK = 1 << 20
 

@@ -37,13 +37,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.ave import ave_clip_id, read_ave_lines
-from pipeline.cards import DatasetCard, FeatureSpec, load_card
-from pipeline.digest import sha256_file
-from pipeline.errors import UserError, add_debug_argument, require_file, user_errors
-from pipeline.manifest_schema import read_manifest
-from pipeline.shards import ClipFeatures, ShardError, write_shard
-from pipeline.splits import carve_val
+from pipeline.datasets.ave import ave_clip_id, read_ave_lines
+from pipeline.datasets.cards import DatasetCard, FeatureSpec, load_card
+from pipeline.io.digest import sha256_file
+from pipeline.io.errors import UserError, add_debug_argument, require_file, user_errors
+from pipeline.datasets.schema import read_manifest
+from pipeline.features.shards import ClipFeatures, ShardError, write_shard
+from pipeline.datasets.splits import carve_val
 
 SHARD_SIZE = 1024
 READ_CHUNK = 64          # AVE rows per HDF5 read: 64 x 10 x 7 x 7 x 512 float32 = 64 MB
@@ -323,13 +323,13 @@ def import_single_file(h5_path: str | os.PathLike[str], out_dir: str | os.PathLi
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m pipeline.import_features",
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m pipeline.features.import_features",
                                      description="Import published feature files into feature shards.")
     sub = parser.add_subparsers(dest="layout", required=True)
     ave = sub.add_parser("ave", allow_abbrev=False, help="AVE's audio_feature.h5 + visual_feature.h5 with an AVE manifest")
     ave.add_argument("--audio", type=Path, required=True, help="audio_feature.h5 ([N, 10, 128])")
     ave.add_argument("--visual", type=Path, required=True, help="visual_feature.h5 ([N, 10, 7, 7, 512])")
-    ave.add_argument("--manifest", type=Path, required=True, help="manifest from `python -m pipeline.manifest ave`")
+    ave.add_argument("--manifest", type=Path, required=True, help="manifest from `python -m pipeline.datasets.manifest ave`")
     ave.add_argument("--annotations", type=Path, required=True, help="the Annotations.txt the features follow")
     ave.add_argument("--read-chunk", type=int, default=READ_CHUNK, help="rows per HDF5 read (bounds memory)")
     single = sub.add_parser("single", allow_abbrev=False, help="one HDF5 with {audio,visual,lab}_{train,test}")
@@ -352,7 +352,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``python -m pipeline.import_features {ave,single} ... --out DIR``; prints clips per split."""
+    """CLI: ``python -m pipeline.features.import_features {ave,single} ... --out DIR``; prints clips per split."""
     args = _parser().parse_args(argv)
     with user_errors(args.debug):
         for path in ([args.audio, args.visual, args.annotations] if args.layout == "ave" else [args.h5]):
@@ -377,6 +377,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pipeline.import_features import main as module_main  # the importable module's error classes
+    from pipeline.features.import_features import main as module_main  # the importable module's error classes
 
     raise SystemExit(module_main())

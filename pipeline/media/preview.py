@@ -15,7 +15,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline import decode
+from pipeline.media import decode
 
 PREVIEW_RATE = 16000  # Hz, mono: what the audio extractor hears
 PREVIEW_SECONDS = 4.0

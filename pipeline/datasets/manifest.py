@@ -1,7 +1,7 @@
-"""``python -m pipeline.manifest {ave,vegas,folder} ... --out OUT.parquet``: build a manifest.
+"""``python -m pipeline.datasets.manifest {ave,vegas,folder} ... --out OUT.parquet``: build a manifest.
 
 Writes the manifest with ``OUT.report.json`` and prints counts by class and split and the
-anomalies. The contract (schema, validation, errors) lives in :mod:`pipeline.manifest_schema`;
+anomalies. The contract (schema, validation, errors) lives in :mod:`pipeline.datasets.schema`;
 this module is the command line only: it imports the builders, which import the contract.
 Bad input is one line ``error: <file>[, line N]: <what is wrong>`` (a table when several rows
 are bad) and exit status 2.
@@ -16,10 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
-from pipeline import ave, cards, folder, vegas
-from pipeline.digest import sha256_file
-from pipeline.errors import UserError, add_debug_argument, require_dir, require_file, user_errors
-from pipeline.manifest_schema import Anomaly, ManifestBuild, counts_table, problems_table, write_build
+from pipeline.datasets import ave, cards, folder, vegas
+from pipeline.io.digest import sha256_file
+from pipeline.io.errors import UserError, add_debug_argument, require_dir, require_file, user_errors
+from pipeline.datasets.schema import Anomaly, ManifestBuild, counts_table, problems_table, write_build
 
 
 def print_summary(build: ManifestBuild, *, shown: int = 5, stream: TextIO | None = None) -> None:
@@ -44,7 +44,7 @@ def print_summary(build: ManifestBuild, *, shown: int = 5, stream: TextIO | None
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m pipeline.manifest", description=(
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m pipeline.datasets.manifest", description=(
         "Build a manifest (Parquet) and its report (<out>.report.json); print counts and anomalies."))
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -138,7 +138,7 @@ def _build(args: argparse.Namespace) -> ManifestBuild:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``python -m pipeline.manifest {ave,vegas,folder} ... --out OUT.parquet``."""
+    """CLI: ``python -m pipeline.datasets.manifest {ave,vegas,folder} ... --out OUT.parquet``."""
     args = _parser().parse_args(argv)
     with user_errors(args.debug):
         _check_inputs(args)
@@ -151,6 +151,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # the importable module's copy, so its classes are the ones the builders raise
-    from pipeline.manifest import main as module_main
+    from pipeline.datasets.manifest import main as module_main
 
     raise SystemExit(module_main())

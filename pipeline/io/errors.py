@@ -1,6 +1,6 @@
 """Bad input a user can fix, and the one way every command line answers it.
 
-Every CLI (``pipeline.manifest``, ``pipeline.import_features``, ``flows.*``) checks its
+Every CLI (``pipeline.datasets.manifest``, ``pipeline.features.import_features``, ``flows.*``) checks its
 arguments and input files before any heavy work and answers bad input with one line,
 ``error: <file>[, line N]: <what is wrong>``, and exit status 2; ``--debug`` shows the
 traceback instead.

@@ -1,0 +1,1 @@
+"""Feature files: Parquet shards, failure records, importing published features."""

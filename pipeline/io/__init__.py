@@ -1,0 +1,1 @@
+"""Generic file helpers: atomic writes, content digests, user errors and config files."""

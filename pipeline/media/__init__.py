@@ -1,0 +1,1 @@
+"""Media: acquisition (archives, folders, YouTube), decoding, segmentation into clips, previews."""
