@@ -22,7 +22,8 @@ import torch
 
 from hscmae.config import MODEL_PRESETS, methods
 from hscmae.data import ClipArrays
-from hscmae.train import fit, resolve_device
+from hscmae.inference import resolve_device
+from hscmae.train import fit
 
 
 def synthetic(n: int, *, seconds: int, dims: tuple[int, int], seed: int) -> ClipArrays:

@@ -3,19 +3,26 @@
 Clips are decoded by a thread pool a bounded number of clips ahead of the models, so decoding
 overlaps compute; the models see batches of several clips (all their 0.96 s audio examples in
 one VGGish batch, all their frames in one visual batch); finished clips are written as shards
-of ``clips_per_shard`` clips, atomically. Memory stays bounded whatever the number of clips.
-Extractors know clip jobs and segments, never manifests or flows.
+of ``clips_per_shard`` clips, atomically (or all into one given file, :func:`extract_one_shard`).
+Memory stays bounded whatever the number of clips.
+Extractors know clip jobs and segments (``pipeline.media.segment``), never manifests or flows.
+
+Beside :class:`ExtractConfig`: what of it decides the features (:func:`extract_cache_config`, a
+feature set's cache identity), the config that remakes a shard's features from its metadata
+(:func:`extract_config_of`), and models built once per process (:func:`models_for`).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,28 +34,17 @@ from extractors.vggish import AudioExtractor, build_audio
 from extractors.visual import VisualExtractor, build_visual
 from pipeline.features.failures import Failure
 from pipeline.features.shards import ClipFeatures, write_shard
-from pipeline.vocab import CLIP_ID_PATTERN, SPLITS, is_clip_id
-
-if TYPE_CHECKING:
-    from pipeline.media.segment import Segment
+from pipeline.io.digest import sha256_file
+from pipeline.media.segment import ClipJob, Segment
+from pipeline.vocab import CLIP_ID_PATTERN, MODALITIES, RANDOM_WEIGHTS, SPLITS, is_clip_id
 
 STAGE = "extract"
 
 
 @dataclass(frozen=True)
-class ClipJob:
-    """One clip to extract: its labels and a callable that decodes it (``Segment`` or ``Failure``)."""
-
-    clip_id: str
-    label: str
-    label_id: int
-    split: str
-    load: Callable[[], Segment | Failure]
-
-
-@dataclass(frozen=True)
 class ExtractConfig:
-    """How features are extracted. Weights: a file path, ``None`` (torch hub / HF cache) or ``"random"``.
+    """How features are extracted. Weights: a file path, ``None`` (the published file, from the torch hub /
+    Hugging Face cache) or :data:`pipeline.vocab.RANDOM_WEIGHTS`.
 
     Args:
         visual_model: ``resnet50``, ``resnet152``, ``vit_b16`` or ``vit_s16``.
@@ -74,6 +70,30 @@ class ExtractConfig:
     device: str | None = None
     amp: bool = True
     seed: int = 0
+
+
+def extract_cache_config(config: ExtractConfig) -> dict[str, object]:
+    """The parts of ``config`` that decide the features (weights files by content, not path): a feature
+    set's cache identity. Batching, threads, device and precision are left out."""
+    decides = {name: getattr(config, name) for name in ("visual_model", "audio_postprocess", "seed")}
+    for name in ("audio_weights", "pca_weights", "visual_weights"):
+        value = getattr(config, name)
+        decides[name] = sha256_file(value) if value not in (None, RANDOM_WEIGHTS) else value
+    return decides
+
+
+def extract_config_of(meta: Mapping[str, Any]) -> ExtractConfig:
+    """The ``ExtractConfig`` that makes features like those of shard metadata ``meta``: its visual model, and
+    random weights where ``meta`` says so, else the published files."""
+    weights = {m: RANDOM_WEIGHTS if meta[m]["weights"] == RANDOM_WEIGHTS else None for m in MODALITIES}
+    return ExtractConfig(visual_model=meta["visual"]["extractor"], audio_weights=weights["audio"],
+                         visual_weights=weights["visual"])
+
+
+def differing_extractors(made: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """The modalities whose extractor metadata (name, version, parameters, weights) differ between two
+    shards' metadata, in :data:`pipeline.vocab.MODALITIES` order."""
+    return [m for m in MODALITIES if made[m] != wanted[m]]
 
 
 @dataclass
@@ -121,6 +141,19 @@ class Extractors:
         audio_parts = np.split(audio, np.cumsum(audio_counts)[:-1])
         visual_parts = np.split(visual, np.cumsum(frame_counts)[:-1])
         return list(zip(audio_parts, visual_parts))
+
+
+_MODELS: dict[ExtractConfig, Extractors] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def models_for(config: ExtractConfig) -> Extractors:
+    """The extractors of ``config``, built once per process (tasks of one worker share them)."""
+    key = replace(config, clips_per_shard=1)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = Extractors(config)
+        return _MODELS[key]
 
 
 def _check_job(job: ClipJob) -> None:
@@ -255,3 +288,29 @@ def extract_features(
             run_batch()
     writer.flush()
     return result
+
+
+def extract_one_shard(
+    jobs: Sequence[ClipJob],
+    shard: Path,
+    work: Path,
+    config: ExtractConfig,
+    *,
+    extractors: Extractors | None = None,
+    extra_meta: Mapping[str, Any] | None = None,
+) -> list[Failure]:
+    """Extract ``jobs`` into the one shard file ``shard``, through the scratch folder ``work``.
+
+    Afterwards ``shard`` holds the features of every clip that succeeded, or does not exist when none
+    did (a file already there is removed first, never reused), and ``work`` (with a killed run's
+    leftovers) is gone. Returns the failures, as :func:`extract_features` does.
+    """
+    shard.unlink(missing_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    result = extract_features(jobs, work, replace(config, clips_per_shard=max(1, len(jobs))),
+                              extractors=extractors, extra_meta=extra_meta)
+    if result.shards:
+        shard.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(result.shards[0], shard)
+    shutil.rmtree(work, ignore_errors=True)
+    return result.failures

@@ -16,7 +16,8 @@ from torch import nn
 
 from extractors import vggish_params as vp
 from extractors.logmel import LogMelFrontend
-from extractors.weights import WeightsArg, WeightsSpec, load_weights
+from extractors.registry import VGGISH_PCA_WEIGHTS, VGGISH_WEIGHTS
+from extractors.weights import WeightsArg, load_weights
 from pipeline.vocab import RANDOM_WEIGHTS
 
 VERSION = "2"  # 2: one example per second of the clip (vggish_params.GRID_HOP_SECONDS), not per 0.96 s
@@ -127,10 +128,11 @@ def build_audio(
     *, weights: WeightsArg = None, pca_weights: WeightsArg = None, postprocess: bool = False,
     embedding_relu: bool = True, seed: int = 0,
 ) -> AudioExtractor:
-    """VGGish with the published weights (or ``"random"``), in eval mode on the CPU.
+    """VGGish with the published weights (or random ones), in eval mode on the CPU.
 
     Args:
-        weights: ``vggish-10086976.pth`` (or ``.safetensors``), ``None`` for the torch hub cache, or ``"random"``.
+        weights: ``vggish-10086976.pth`` (or ``.safetensors``), ``None`` for the torch hub cache, or
+            :data:`pipeline.vocab.RANDOM_WEIGHTS`.
         pca_weights: ``vggish_pca_params-970ea276.pth``; used only when ``postprocess``.
             With random network weights the PCA stays the identity (no published file is read).
         postprocess: apply PCA whitening and 8-bit quantisation, as AudioSet's released features.
@@ -140,7 +142,7 @@ def build_audio(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vggish = VGGish(embedding_relu=embedding_relu)
-    state, sha = load_weights(WeightsSpec(vp.VGGISH_WEIGHTS_FILE, vp.VGGISH_WEIGHTS_URL), weights)
+    state, sha = load_weights(VGGISH_WEIGHTS, weights)
     if state is not None:
         vggish.load_state_dict(state, strict=True)
     params: dict[str, Any] = {
@@ -152,7 +154,7 @@ def build_audio(
     if postprocess:
         postprocessor = Postprocessor()
         pca_state, pca_sha = load_weights(
-            WeightsSpec(vp.PCA_PARAMS_FILE, vp.PCA_PARAMS_URL), RANDOM_WEIGHTS if state is None else pca_weights)
+            VGGISH_PCA_WEIGHTS, RANDOM_WEIGHTS if state is None else pca_weights)
         if pca_state is not None:
             postprocessor.load_state_dict(pca_state, strict=True)
         params["pca_weights"] = pca_sha

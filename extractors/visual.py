@@ -2,6 +2,7 @@
 
 Each model uses its own published preprocessing, applied to batches of uint8 frames with tensor
 ops (so it runs on the GPU): resize the shorter side, centre-crop, scale to [0, 1], normalise.
+The models, their sizes and published weight files are named in :mod:`extractors.registry`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from extractors.weights import WeightsArg, WeightsSpec, load_weights
+from extractors.registry import VISUAL_MODELS
+from extractors.weights import WeightsArg, load_weights
 
 VERSION = "1"
 
@@ -39,34 +41,6 @@ class Preprocess:
     interpolation: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-
-
-@dataclass(frozen=True)
-class VisualSpec:
-    """One supported model: ``library`` is ``torchvision`` or ``timm``; ``arch`` its model name there."""
-
-    library: str
-    arch: str
-    dim: int
-
-
-VISUAL_MODELS: dict[str, VisualSpec] = {
-    "resnet50": VisualSpec("torchvision", "resnet50", 2048),
-    "resnet152": VisualSpec("torchvision", "resnet152", 2048),
-    "vit_b16": VisualSpec("timm", "vit_base_patch16_224.augreg2_in21k_ft_in1k", 768),
-    "vit_s16": VisualSpec("timm", "vit_small_patch16_224.augreg_in21k_ft_in1k", 384),
-}
-
-
-def _weights_spec(spec: VisualSpec) -> WeightsSpec:
-    """The published weight file of ``spec`` (known without building the model)."""
-    if spec.library == "torchvision":
-        # IMAGENET1K_V1: the original ImageNet release (resize 256, crop 224, bilinear).
-        url = torchvision.models.get_model_weights(spec.arch).IMAGENET1K_V1.url
-        return WeightsSpec(file_name=url.rsplit("/", 1)[-1], url=url)
-    hub_id = timm.models.get_pretrained_cfg(spec.arch).hf_hub_id
-    return WeightsSpec(file_name="model.safetensors", hf_hub_id=hub_id,
-                       url=f"https://huggingface.co/{hub_id}/resolve/main/model.safetensors")
 
 
 def _torchvision_model(arch: str) -> tuple[nn.Module, Preprocess]:
@@ -136,13 +110,14 @@ def build_visual(name: str, *, weights: WeightsArg = None, seed: int = 0) -> Vis
 
     Args:
         name: ``resnet50``, ``resnet152``, ``vit_b16`` or ``vit_s16``.
-        weights: a file, ``None`` for the torch hub / Hugging Face cache, or ``"random"``.
+        weights: a file, ``None`` for the published file (torch hub / Hugging Face cache), or
+            :data:`pipeline.vocab.RANDOM_WEIGHTS`.
         seed: initialisation seed, used only for random weights.
     """
     if name not in VISUAL_MODELS:
         raise ValueError(f"unknown visual model {name!r}; choose one of {sorted(VISUAL_MODELS)}")
     spec = VISUAL_MODELS[name]
-    state, sha = load_weights(_weights_spec(spec), weights)  # a missing file fails before any build
+    state, sha = load_weights(spec.weights, weights)  # a missing file fails before any build
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model, preprocess = (_torchvision_model if spec.library == "torchvision" else _timm_model)(spec.arch)

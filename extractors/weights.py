@@ -2,9 +2,13 @@
 
 ``weights`` arguments everywhere in ``extractors`` mean: a path the user gives, ``None`` to
 look in the torch hub cache (``torch.hub.get_dir()/checkpoints/<published file>``) and the
-Hugging Face cache, or ``"random"`` for random initialisation (then shards say ``random``).
+Hugging Face cache, or :data:`pipeline.vocab.RANDOM_WEIGHTS` for random initialisation (then
+shards say so). The published files are named in :mod:`extractors.registry`.
 
     python -m extractors.weights fetch vggish resnet50     # download the published files, check sha256
+
+Finding a file needs no torch (:func:`torch_hub_dir`), so a command line checks that the files it will
+load exist before torch loads; loading imports torch.
 
 Torch hub files carry the first hex digits of their sha256 in their name (``resnet50-0676ba61.pth``);
 a download whose sha256 does not start with them is refused and nothing is left in the cache.
@@ -19,51 +23,50 @@ import re
 import shutil
 import sys
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import safetensors.torch
-import torch
+from typing import TYPE_CHECKING
 
+from extractors.registry import WEIGHT_FILES, WeightsSpec
 from pipeline.io.atomic import atomic_path
 from pipeline.io.digest import sha256_file
 from pipeline.vocab import RANDOM_WEIGHTS
+
+if TYPE_CHECKING:
+    import torch
 
 WeightsArg = str | os.PathLike[str] | None
 BASE_URL_ENV = "HSCMAE_WEIGHTS_BASE_URL"  # fetch from here instead of the published host (mirrors, tests)
 HUB_HASH = re.compile(r"-([a-f0-9]{6,})\.")  # torch hub's convention: a sha256 prefix in the file name
 
-# Plain numeric numpy arrays (the published VGGish PCA file may hold them); nothing else.
-_NUMPY_ARRAY_GLOBALS = [
-    np._core.multiarray._reconstruct, np.ndarray, np.dtype,
-    type(np.dtype(np.float32)), type(np.dtype(np.float64)),
-]
-
-
 class WeightsNotFoundError(FileNotFoundError):
-    """A weight file is missing; the message says which file, where it was looked for, and its URL."""
-
-
-@dataclass(frozen=True)
-class WeightsSpec:
-    """Where a published weight file comes from.
+    """A weight file is missing; the message says which file, where it was looked for, and how to get it.
 
     Args:
-        file_name: the published file name (as in the torch hub cache).
-        url: where to download it.
-        hf_hub_id: the Hugging Face repository that also serves it (timm models), if any.
+        missing: which file is missing, and where it was looked for.
+        remedy: how to get it (the fetch command, or its URL).
+        fetch_name: its name for ``python -m extractors.weights fetch``, when it is a published file.
     """
 
-    file_name: str
-    url: str
-    hf_hub_id: str | None = None
+    def __init__(self, missing: str, remedy: str, *, fetch_name: str | None = None) -> None:
+        super().__init__(f"{missing}; {remedy} or run with --weights {RANDOM_WEIGHTS}")
+        self.missing, self.fetch_name = missing, fetch_name
 
 
 def is_random(weights: WeightsArg) -> bool:
     """True when ``weights`` asks for random initialisation by name."""
     return isinstance(weights, str) and weights == RANDOM_WEIGHTS
+
+
+def torch_hub_dir() -> Path:
+    """``torch.hub.get_dir()``: torch's own answer once torch is loaded (it honours ``torch.hub.set_dir``), else
+    the same rule read from the environment (``$TORCH_HOME/hub``, else ``$XDG_CACHE_HOME/torch/hub``, else
+    ``~/.cache/torch/hub``), so a command line finds the files before it loads torch."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return Path(torch.hub.get_dir())
+    home = os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))
+    return Path(os.path.expanduser(home)) / "hub"
 
 
 def _hf_cached(hf_hub_id: str) -> list[tuple[str, Path | None]]:
@@ -81,7 +84,7 @@ def resolve_weights(spec: WeightsSpec, weights: WeightsArg) -> Path:
 
     Raises:
         WeightsNotFoundError: naming the file, every place looked in, and the download URL.
-        ValueError: when ``weights`` is ``"random"`` (there is no file to resolve).
+        ValueError: when ``weights`` is :data:`pipeline.vocab.RANDOM_WEIGHTS` (there is no file to resolve).
     """
     if is_random(weights):
         raise ValueError(f"weights={RANDOM_WEIGHTS!r} has no file to resolve for {spec.file_name}")
@@ -89,38 +92,23 @@ def resolve_weights(spec: WeightsSpec, weights: WeightsArg) -> Path:
         path = Path(weights)
         if path.is_file():
             return path
-        raise WeightsNotFoundError(f"weight file {path} (for {spec.file_name}) does not exist; get it from {spec.url}"
-                                   f" or run with --weights {RANDOM_WEIGHTS}")
+        raise WeightsNotFoundError(f"weight file {path} (for {spec.file_name}) does not exist", f"get it from {spec.url}")
     if spec.hf_hub_id:
         candidates = _hf_cached(spec.hf_hub_id)
         into = "the Hugging Face cache (huggingface-cli download " + spec.hf_hub_id + ")"
     else:
-        hub = Path(torch.hub.get_dir()) / "checkpoints" / spec.file_name
+        hub = torch_hub_dir() / "checkpoints" / spec.file_name
         candidates = [(str(hub), hub if hub.is_file() else None)]
         into = str(hub.parent)
     for _, path in candidates:
         if path is not None:
             return path
     looked = "; ".join(where for where, _ in candidates)
-    name = next((n for n, spec_of in published_names().items() if spec_of().file_name == spec.file_name
-                 and spec_of().url == spec.url), None)
+    name = next((n for n, known in WEIGHT_FILES.items() if known.file_name == spec.file_name
+                 and known.url == spec.url), None)
     fetch = f"python -m extractors.weights fetch {name}" if name else f"download {spec.url} into {into}"
-    raise WeightsNotFoundError(
-        f"weight file {spec.file_name} not found (looked in {looked}); get it with `{fetch}` ({spec.url}) "
-        f"or run with --weights {RANDOM_WEIGHTS}")
-
-
-def published_names() -> dict[str, Callable[[], WeightsSpec]]:
-    """The fetchable names (``vggish``, ``vggish-pca`` and the visual models) and their specs."""
-    from extractors import vggish_params as vp
-    from extractors.visual import VISUAL_MODELS, _weights_spec
-
-    names: dict[str, Callable[[], WeightsSpec]] = {
-        "vggish": lambda: WeightsSpec(vp.VGGISH_WEIGHTS_FILE, vp.VGGISH_WEIGHTS_URL),
-        "vggish-pca": lambda: WeightsSpec(vp.PCA_PARAMS_FILE, vp.PCA_PARAMS_URL)}
-    for model, visual in VISUAL_MODELS.items():
-        names[model] = lambda visual=visual: _weights_spec(visual)
-    return names
+    raise WeightsNotFoundError(f"weight file {spec.file_name} not found (looked in {looked})",
+                               f"get it with `{fetch}` ({spec.url})", fetch_name=name)
 
 
 def fetch(spec: WeightsSpec, *, base_url: str | None = None, hub_dir: Path | None = None) -> Path:
@@ -137,7 +125,7 @@ def fetch(spec: WeightsSpec, *, base_url: str | None = None, hub_dir: Path | Non
 
         return Path(hf_hub_download(spec.hf_hub_id, spec.file_name))
     url = f"{base_url.rstrip('/')}/{spec.file_name}" if base_url else spec.url
-    target = Path(hub_dir or Path(torch.hub.get_dir()) / "checkpoints") / spec.file_name
+    target = Path(hub_dir or torch_hub_dir() / "checkpoints") / spec.file_name
     if target.is_file():
         _check(target, spec)
         return target
@@ -157,16 +145,15 @@ def _check(path: Path, spec: WeightsSpec) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    names = published_names()
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m extractors.weights", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     get = commands.add_parser("fetch", allow_abbrev=False, help="download published weight files into the cache and check them")
-    get.add_argument("names", nargs="+", choices=sorted(names), metavar="NAME", help=", ".join(sorted(names)))
+    get.add_argument("names", nargs="+", choices=sorted(WEIGHT_FILES), metavar="NAME", help=", ".join(sorted(WEIGHT_FILES)))
     get.add_argument("--base-url", default=os.environ.get(BASE_URL_ENV),
                      help=f"fetch from this folder URL instead of the published one (or ${BASE_URL_ENV})")
     args = parser.parse_args(argv)
     for name in args.names:
-        spec = names[name]()
+        spec = WEIGHT_FILES[name]
         try:
             path = fetch(spec, base_url=args.base_url)
         except (OSError, ValueError) as error:
@@ -177,11 +164,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.safetensors`` or ``.pth``/``.bin`` (``torch.load(weights_only=True)``)."""
+    """Read a state dict from ``.safetensors`` or ``.pth``/``.bin`` (``torch.load(weights_only=True)``); a ``.pth``
+    may hold plain numeric numpy arrays (the published VGGish PCA file does), nothing else."""
+    import numpy as np
+    import safetensors.torch
+    import torch
+
     path = Path(path)
     if path.suffix == ".safetensors":
         return safetensors.torch.load_file(str(path), device="cpu")
-    with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+    numpy_arrays = [np._core.multiarray._reconstruct, np.ndarray, np.dtype,
+                    type(np.dtype(np.float32)), type(np.dtype(np.float64))]
+    with torch.serialization.safe_globals(numpy_arrays):
         state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
@@ -189,7 +183,7 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
 
 
 def load_weights(spec: WeightsSpec, weights: WeightsArg) -> tuple[dict[str, torch.Tensor] | None, str]:
-    """``(state_dict, sha256)`` of the resolved file, or ``(None, "random")`` when asked for random weights."""
+    """``(state_dict, sha256)`` of the resolved file, or ``(None, RANDOM_WEIGHTS)`` when asked for random weights."""
     if is_random(weights):
         return None, RANDOM_WEIGHTS
     path = resolve_weights(spec, weights)

@@ -1,56 +1,43 @@
-"""Prefect plumbing shared by the flows: content hashes, cache keys, result storage, artifacts.
+"""Prefect plumbing shared by the flows: the output root, cache keys, result storage, artifacts, task runners.
 
-A task's cache key is a hash of what decides its output (its input rows or input files'
-bytes, its config, and the source of the modules that compute it), never of path strings.
-The same hash names the output directory, so a finished stage is also found on disk.
+A task's cache key is a hash of what decides its output (:mod:`pipeline.io.digest`: its input
+rows or input files' bytes, its config, and the source of the modules that compute it), never
+of path strings. The same hash names the output directory, so a finished stage is also found on disk.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
-import importlib
-import json
+import contextlib
 import logging
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Iterable, Mapping
+from functools import partial
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
+from uuid import UUID
+
+from flows.processes import served_files
 
 if TYPE_CHECKING:  # imported where used, so a CLI's --help answers before pandas and Prefect load
-    import pandas as pd
     from prefect import Flow
     from prefect.cache_policies import CachePolicy
     from prefect.context import TaskRunContext
     from prefect.task_runners import TaskRunner
 
 OUTPUTS_ENV = "HSCMAE_OUTPUTS"  # the output root, when no flag names one
-VISUAL_MODELS = ("resnet50", "resnet152", "vit_b16", "vit_s16")  # extractors.visual's frame extractors
-KEY_LENGTH = 16  # hex characters of a sha256 used in directory names
 RESULTS_DIR = ".prefect-results"  # per-output-root Prefect result and cache records
 DASK_LOGGING_ENV = "DASK_LOGGING__DISTRIBUTED"  # Dask's log level (flows/__init__ sets "warning")
 FILES_URL_ENV = "HSCMAE_FILES_URL"  # base URL of the local file server (set by `flows.local up`)
 FILES_ROOT_ENV = "HSCMAE_FILES_ROOT"  # the folder it serves
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as JSON-ready data: dataclasses and pydantic models become dicts, paths strings."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if hasattr(value, "model_dump"):
-        return _plain(value.model_dump())
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return value.item()
-    return value
+STOP_DEADLINE_S = 5.0  # on SIGTERM or Ctrl-C: the most the run states may take before the children are ended
+CHILD_GRACE_S = 3.0  # a child process's time to end on SIGTERM before it is killed
+R = TypeVar("R")
 
 
 def output_root(out: str | os.PathLike[str] | None = None) -> Path:
@@ -61,51 +48,6 @@ def output_root(out: str | os.PathLike[str] | None = None) -> Path:
     training runs, ``locks/`` per-shard file locks, ``.prefect-results/`` Prefect's cache records.
     """
     return Path(out if out is not None else os.environ.get(OUTPUTS_ENV) or "outputs").resolve()
-
-
-def digest(*parts: Any) -> str:
-    """sha256 (hex) of ``parts`` as canonical JSON; dataclasses, models, paths and numpy scalars allowed."""
-    text = json.dumps([_plain(p) for p in parts], sort_keys=True, default=str, allow_nan=True)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def frame_digest(frame: pd.DataFrame) -> str:
-    """sha256 of a frame's rows (column names, order and values); NaN hashes as null."""
-    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
-    return digest(list(frame.columns), records)
-
-
-def files_digest(paths: Iterable[str | os.PathLike[str]]) -> str:
-    """sha256 over the bytes of ``paths`` (in the given order), e.g. every shard of a feature set."""
-    from pipeline.io.digest import sha256_file
-
-    return digest([sha256_file(p) for p in paths])
-
-
-def _source_files(module: ModuleType) -> list[Path]:
-    origin = Path(module.__file__ or "")
-    if origin.name == "__init__.py":  # a package: every module in it
-        return sorted(origin.parent.rglob("*.py"))
-    return [origin]
-
-
-def source_digest(*modules: str) -> str:
-    """sha256 of the source of the named modules (a package counts every ``.py`` under it).
-
-    This is the "code version that matters" in a cache key: editing any of those files
-    invalidates the cache, editing anything else does not.
-    """
-    sha = hashlib.sha256()
-    for name in sorted(modules):
-        for path in _source_files(importlib.import_module(name)):
-            sha.update(str(path.name).encode())
-            sha.update(path.read_bytes())
-    return sha.hexdigest()
-
-
-def short(key: str) -> str:
-    """The first :data:`KEY_LENGTH` hex characters of ``key``, for directory names."""
-    return key[:KEY_LENGTH]
 
 
 def key_of(parameter: str) -> CachePolicy:
@@ -132,11 +74,14 @@ def file_url(path: Path) -> str:
     """A browser link to ``path``: through the local file server when it serves ``path``, else ``file://``.
 
     ``python -m flows.local up`` serves the output root read-only over http and tells the worker
-    where (:data:`FILES_URL_ENV`, :data:`FILES_ROOT_ENV`): browsers refuse ``file://`` links from
-    an http page, so links under that root point at the server.
+    where (:data:`FILES_URL_ENV`, :data:`FILES_ROOT_ENV`); a command line's run in the same Prefect
+    home finds that server in the stack's record while it runs (:func:`flows.processes.served_files`).
+    Browsers refuse ``file://`` links from an http page, so links under that root point at the server.
     """
     path = Path(path).resolve()
     base, root = os.environ.get(FILES_URL_ENV), os.environ.get(FILES_ROOT_ENV)
+    if not (base and root) and (served := served_files()) is not None:
+        base, root = served
     if base and root and path.is_relative_to(Path(root).resolve()):
         relative = path.relative_to(Path(root).resolve()).as_posix()
         return base.rstrip("/") + "/" + quote(relative) + ("/" if path.is_dir() and relative else "")
@@ -167,6 +112,15 @@ def add_runner_arguments(parser: argparse.ArgumentParser, *, threads: int = 2) -
     parser.add_argument("--dask-workers", type=int, default=2, help="workers of the local Dask cluster")
     parser.add_argument("--threads", type=int, default=threads, help="task threads of the thread runner")
     add_verbose_argument(parser)
+
+
+def check_runner_arguments(args: argparse.Namespace) -> None:
+    """:func:`add_runner_arguments`' counts at least 1: a pool of no threads fails only once the flow runs, and a
+    local Dask cluster of no workers waits forever; raises :class:`pipeline.io.errors.UserError` naming the flag."""
+    from pipeline.io.errors import require_positive
+
+    require_positive("--threads", args.threads)
+    require_positive("--dask-workers", args.dask_workers)
 
 
 def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
@@ -253,3 +207,120 @@ def share_server_with_workers() -> None:
 def runner_from_arguments(args: argparse.Namespace) -> TaskRunner:
     """The task runner named by :func:`add_runner_arguments`' flags."""
     return task_runner(args.task_runner, address=args.dask_address, workers=args.dask_workers, threads=args.threads)
+
+
+def run_flow(flow_: Flow[..., R], parameters: Mapping[str, Any], *, debug: bool = False) -> R:
+    """Run ``flow_`` with ``parameters`` for a command line: its result; when it ends Failed (or Crashed), its
+    message as one ``error:`` line and exit status 1, no traceback (``debug``: the failure's traceback).
+
+    SIGTERM and Ctrl-C stop the command within seconds. Prefect alone would first wait for every running task
+    (a training run, a shard's extraction) to end, as threads cannot be interrupted. So the flow runs in a
+    worker thread, and this thread, the one that receives signals, says so on stderr, marks the runs and their
+    unfinished tasks Crashed, ends the process's children (the temporary Prefect server, Dask's workers) and
+    exits with status 128 + the signal's number. Nothing half-written looks finished (shards and checkpoints
+    are written whole, then renamed), so the same command resumes, keeping finished shards and epochs.
+    """
+    runs: list[UUID] = []  # this run's id, once it runs
+    ended: dict[str, Any] = {}
+
+    def remember_run_for_stop(_flow: object, flow_run: Any, _state: object) -> None:  # a hook: its id
+        runs.append(flow_run.id)
+
+    def run() -> None:
+        try:
+            ended["state"] = flow_.with_options(on_running=[remember_run_for_stop])(**parameters, return_state=True)
+        except BaseException as exc:  # raised again in the calling thread, below
+            ended["error"] = exc
+
+    if threading.current_thread() is threading.main_thread():
+        worker = threading.Thread(target=run, name=f"flow {flow_.name}", daemon=True)
+        handlers = {s: signal.signal(s, partial(_stop, runs)) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            worker.start()
+            worker.join()
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+    else:  # signals reach only the main thread: nothing to listen for here
+        run()
+    if "error" in ended:
+        raise ended["error"]
+    state = ended["state"]
+    if not state.is_completed():
+        if debug:
+            state.result()  # raises the failure, with its traceback
+        print(f"error: {flow_.name} ended {state.name}: {state.message}", file=sys.stderr)
+        raise SystemExit(1)
+    return state.result()
+
+
+def _stop(runs: list[UUID], signum: int, _frame: object) -> None:
+    """:func:`run_flow`'s signal handler: say so, mark ``runs`` Crashed (at most :data:`STOP_DEADLINE_S`), end the
+    children, exit 128 + ``signum``. A second signal exits at once."""
+    import httpx
+
+    code, name = 128 + signum, signal.Signals(signum).name
+    for again in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(again, lambda *_: os._exit(code))
+    print(f"stopping on {name}: the work finished so far is kept; run the same command again to resume",
+          file=sys.stderr, flush=True)
+    deadline = threading.Timer(STOP_DEADLINE_S, _exit, (code,))
+    deadline.daemon = True
+    deadline.start()
+    try:
+        if runs:
+            crash_runs(runs, f"stopped by {name}")
+    except (OSError, httpx.HTTPError) as exc:  # no server to tell (Ctrl-C also ends a temporary one): stop anyway
+        print(f"stopping: the runs could not be marked Crashed ({exc})", file=sys.stderr)
+    finally:
+        _exit(code)
+
+
+def _exit(code: int) -> None:
+    """End the children, flush, and leave now: running task threads are not waited for."""
+    end_children()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def crash_runs(runs: list[UUID], message: str) -> None:
+    """Mark the flow runs ``runs``, their subflow runs and their tasks that have not ended Crashed, with ``message``."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId,
+                                                FlowRunFilterState, FlowRunFilterStateType, TaskRunFilter,
+                                                TaskRunFilterState, TaskRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    unfinished = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]
+    with get_client(sync_client=True) as client:
+        flow_runs, parents = list(runs), list(runs)
+        while parents:
+            parents = [r.id for r in client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=parents)))]
+            flow_runs += parents
+        open_flows = FlowRunFilter(id=FlowRunFilterId(any_=flow_runs),
+                                   state=FlowRunFilterState(type=FlowRunFilterStateType(any_=unfinished)))
+        open_tasks = TaskRunFilter(state=TaskRunFilterState(type=TaskRunFilterStateType(any_=unfinished)))
+        for task_run in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_runs)),
+                                              task_run_filter=open_tasks):
+            client.set_task_run_state(task_run.id, Crashed(message=message), force=True)
+        for flow_run in client.read_flow_runs(flow_run_filter=open_flows):
+            client.set_flow_run_state(flow_run.id, Crashed(message=message), force=True)
+
+
+def end_children(grace_s: float = CHILD_GRACE_S) -> None:
+    """Terminate this process's child processes and theirs, and any started meanwhile (a Dask nanny restarts its
+    worker); kill those still running after ``grace_s``."""
+    import psutil
+
+    deadline = time.monotonic() + grace_s
+    while (children := psutil.Process().children(recursive=True)) and time.monotonic() < deadline:
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.terminate()
+        psutil.wait_procs(children, timeout=max(0.0, deadline - time.monotonic()))
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()

@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flows.common import VISUAL_MODELS, add_verbose_argument, apply_verbosity
+from extractors.registry import VISUAL_MODEL_NAMES
+from flows.common import add_verbose_argument, apply_verbosity
 from pipeline.io.errors import add_debug_argument, user_errors
+from pipeline.vocab import RANDOM_WEIGHTS
 
 DEMO_CLIPS = 180  # 80 train, 40 val, 60 test
 MIN_DEMO_CLIPS = 20  # the fewest with train, val and test clips of every class (pipeline.datasets.demo_videos splits by position)
@@ -32,7 +34,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                                      description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--clips", type=int, default=DEMO_CLIPS, help="demo clips to generate")
     parser.add_argument("--seconds", type=float, default=DEMO_SECONDS, help="length of each demo clip")
-    parser.add_argument("--visual-model", default="resnet50", choices=VISUAL_MODELS, help="frame extractor")
+    parser.add_argument("--visual-model", default="resnet50", choices=VISUAL_MODEL_NAMES, help="frame extractor")
     parser.add_argument("--seeds", nargs="+", type=int, default=DEMO_SEEDS)
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help="epochs of every trainable method")
     parser.add_argument("--batch-size", type=int, default=DEMO_BATCH_SIZE, help="batch size of every trainable method")
@@ -43,39 +45,55 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_arguments(args: argparse.Namespace) -> argparse.Namespace:
-    """Bad values: one ``error:`` line and exit 2 (light: no torch, no Prefect)."""
-    from flows.checks import check_demo
-
-    with user_errors(args.debug):
-        check_demo(args.clips, args.seconds, args.seeds, args.epochs)
-    return args
-
-
-if __name__ == "__main__":  # --help, argument errors and bad input answer before torch and Prefect load
-    CHECKED = check_arguments(parse_arguments())
+if __name__ == "__main__":  # --help and argument errors answer before numpy, torch and Prefect load
+    ARGUMENTS = parse_arguments()
 
 from typing import Annotated  # noqa: E402
 
-from prefect import flow  # noqa: E402
 from pydantic import Field  # noqa: E402
-from pydantic.json_schema import SkipJsonSchema  # noqa: E402
+
+from hscmae.config import Seed  # noqa: E402
+
+# the flow's bounded parameters, declared once: its signature (the run form) and check_arguments use them
+Clips = Annotated[int, Field(ge=MIN_DEMO_CLIPS, le=100_000)]
+Seconds = Annotated[float, Field(gt=0.0, le=600.0)]
+Seeds = Annotated[list[Seed], Field(min_length=1, max_length=100)]
+Epochs = Annotated[int, Field(ge=1, le=10_000)]
+BatchSize = Annotated[int, Field(ge=1, le=65_536)]
+
+
+def check_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    """Values out of the flow's bounds: one ``error:`` line and exit 2 (light: no torch, no Prefect)."""
+    from flows.checks import check_form
+
+    with user_errors(args.debug):
+        check_form("demo", {"clips": (Clips, args.clips), "seconds": (Seconds, args.seconds),
+                            "seeds": (Seeds, args.seeds), "epochs": (Epochs, args.epochs),
+                            "batch_size": (BatchSize, args.batch_size)})
+    return args
+
+
+if __name__ == "__main__":  # bad values answer before torch and Prefect load
+    CHECKED = check_arguments(ARGUMENTS)
+
+from prefect import flow  # noqa: E402
 
 from flows.build_features import build_features  # noqa: E402
-from flows.common import check_flow_parameters, output_root, task_runner  # noqa: E402
-from flows.params import DemoSettings, ExperimentSettings, ExtractSettings, Seed, VisualModel  # noqa: E402
+from flows.common import output_root, run_flow, task_runner  # noqa: E402
+from flows.params import DemoSettings, ExtractSettings, VisualModel  # noqa: E402
 from flows.train_eval import TrainEvalOutcome, train_eval  # noqa: E402
+from hscmae.config import ExperimentConfig  # noqa: E402
 
 
 @flow(name="demo", log_prints=True)
 def demo(
-    clips: Annotated[int, Field(ge=MIN_DEMO_CLIPS, le=100_000)] = DEMO_CLIPS,
-    seconds: Annotated[float, Field(gt=0.0, le=600.0)] = DEMO_SECONDS,
+    clips: Clips = DEMO_CLIPS,
+    seconds: Seconds = DEMO_SECONDS,
     visual_model: VisualModel = "resnet50",
-    seeds: Annotated[list[Seed], Field(min_length=1, max_length=100)] = DEMO_SEEDS,
-    epochs: Annotated[int, Field(ge=1, le=10_000)] = DEMO_EPOCHS,
-    batch_size: Annotated[int, Field(ge=1, le=65_536)] = DEMO_BATCH_SIZE,
-    out: Path | SkipJsonSchema[None] = None,
+    seeds: Seeds = DEMO_SEEDS,
+    epochs: Epochs = DEMO_EPOCHS,
+    batch_size: BatchSize = DEMO_BATCH_SIZE,
+    out: Path | None = None,
     runs_root: str = "runs",
 ) -> TrainEvalOutcome:
     """Build features of ``clips`` demo videos with random extractor weights, then train and evaluate.
@@ -88,14 +106,17 @@ def demo(
         out, runs_root: the output root (empty: ``$HSCMAE_OUTPUTS``, else ``./outputs``), and the runs under it.
     """
     out = output_root(out)
-    features = build_features(
-        demo_clips=clips, demo=DemoSettings(seconds=seconds), out=out,
-        extract=ExtractSettings(visual_model=visual_model, audio_weights="random", visual_weights="random"))
+    built = build_features(
+        demo_clips=clips, demo=DemoSettings(seconds=seconds), out=out, return_state=True,
+        extract=ExtractSettings(visual_model=visual_model, audio_weights=RANDOM_WEIGHTS, visual_weights=RANDOM_WEIGHTS))
+    if not built.is_completed():
+        return built  # the demo ends as the build did (no clip extracted: Failed), with its message
+    features = built.result()
     # methods x seeds on two single-threaded Dask worker processes: parallel, yet reproducible
     # (threads of one process would share torch's RNG; see flows.train_eval)
     parallel = train_eval.with_options(task_runner=task_runner("dask", workers=2))
-    return parallel(ExperimentSettings(shards=str(features.shards), seeds=list(seeds), epochs=epochs,
-                                       batch_size=batch_size, runs_root=str(out / runs_root), model_preset="demo"))
+    return parallel(ExperimentConfig(shards=str(features.shards), seeds=list(seeds), epochs=epochs,
+                                     batch_size=batch_size, runs_root=str(out / runs_root), model_preset="demo"))
 
 
 def main(argv: list[str] | None = None, *, checked: argparse.Namespace | None = None) -> TrainEvalOutcome:
@@ -104,8 +125,7 @@ def main(argv: list[str] | None = None, *, checked: argparse.Namespace | None = 
     apply_verbosity(args)
     parameters = dict(clips=args.clips, seconds=args.seconds, visual_model=args.visual_model, seeds=args.seeds,
                       epochs=args.epochs, batch_size=args.batch_size, out=args.out, runs_root=args.runs_root)
-    check_flow_parameters(demo, parameters, debug=args.debug)
-    outcome = demo(**parameters)
+    outcome = run_flow(demo, parameters, debug=args.debug)
     # train-eval has logged the table and the run directory
     print(f"Retrieval page: {(outcome.run_dir / 'retrieval.html').resolve()}")
     return outcome

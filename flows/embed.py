@@ -5,6 +5,7 @@
 
 One task per feature shard writes ``<out>/embeddings-<nnnnn>.parquet`` (``hscmae.embeddings``: clip_id,
 label, split, audio and visual vectors; the checkpoint's sha256 and the model config in the metadata).
+The flow's ``out`` defaults to ``embeddings/`` under the output root (``flows.common.output_root``).
 A task's cache key hashes the feature shard's bytes, the checkpoint's bytes, the method config and the
 embedding code (plus the output path), so a re-run is Cached. ``--videos`` (a folder of class folders or
 a labels CSV) first runs ``build-features`` with the run's extractor (model, weights) into ``<out>/build``;
@@ -17,10 +18,7 @@ import argparse
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # imported where used, so --help stays fast
-    from extractors.extract import ExtractConfig
+from typing import Any
 
 SHARD_NAME = "embeddings-{:05d}.parquet"
 
@@ -68,36 +66,19 @@ def run_features_meta(run_dir: Path) -> dict[str, Any]:
     return read_shard(shard_paths(config["experiment"]["shards"])[0])[1]
 
 
-def extract_config_of(meta: dict[str, Any]) -> ExtractConfig:
-    """The ``ExtractConfig`` that makes features like those of ``meta`` (published weights unless random)."""
-    from extractors.extract import ExtractConfig
-
-    random = {m: "random" if meta[m]["weights"] == "random" else None for m in ("audio", "visual")}
-    return ExtractConfig(visual_model=meta["visual"]["extractor"], audio_weights=random["audio"],
-                         visual_weights=random["visual"])
-
-
 def features_from_videos(run_dir: Path, videos: Path, out: Path) -> Path:
     """Run ``build-features`` on ``videos`` with the run's extractor; returns the new shard folder."""
+    from extractors.extract import differing_extractors, extract_config_of
     from flows.build_features import build_features
-    from pipeline.datasets.folder import LABELS_CSV, SplitConfig, build_folder_manifest, read_labels_csv, scan_class_tree
+    from pipeline.datasets.new_videos import new_videos_manifest
     from pipeline.datasets.schema import write_manifest
     from pipeline.features.shards import read_shard, shard_paths
 
     meta = run_features_meta(run_dir)
-    listing = videos / LABELS_CSV if videos.is_dir() else videos  # what build_folder_manifest reads
-    listed = read_labels_csv(listing)[0] if listing.is_file() else scan_class_tree(videos)[0]
-    split_file = None
-    if "split" not in listed.columns:  # new clips belong to no training split: all "test"
-        split_file = out / "build" / "splits.csv"
-        split_file.parent.mkdir(parents=True, exist_ok=True)
-        listed[["path"]].assign(split="test").to_csv(split_file, index=False)
-    built = build_folder_manifest(videos, dataset=videos.stem, split_file=split_file,
-                                  splitting=SplitConfig(val_fraction=0.0))
-    manifest = write_manifest(built.frame, out / "build" / "manifest.parquet")
+    manifest = write_manifest(new_videos_manifest(videos, out / "build"), out / "build" / "manifest.parquet")
     result = build_features(manifest=manifest, out=out / "build", extract=extract_config_of(meta))
     made = read_shard(shard_paths(result.shards)[0])[1]
-    differs = [m for m in ("audio", "visual") if made[m] != meta[m]]
+    differs = differing_extractors(made, meta)
     if differs:
         raise ValueError(f"{videos}: {differs} features differ from the run's ({made[differs[0]]} vs "
                          f"{meta[differs[0]]}); put the run's weights where build-features finds them")
@@ -110,29 +91,30 @@ def _flow() -> Any:
     import pyarrow.parquet as pq
     from prefect import flow, task
 
-    from flows.common import digest, key_of, results_dir, source_digest
-    from pipeline.io.digest import sha256_file
+    from flows.common import key_of, output_root, results_dir
+    from pipeline.io.digest import digest, sha256_file, source_digest
     from pipeline.features.shards import load_feature_set, shard_paths
 
     embed_task = task(name="embed-shard", task_run_name="{job.shard.stem}", cache_policy=key_of("job"),
                       persist_result=True)(_embed_job)
 
     @flow(name="embed", log_prints=True)
-    def embed(run: Path, features: Path | None = None, out: Path = Path("embeddings"), method: str = "hscmae",
+    def embed(run: Path, features: Path | None = None, out: Path | None = None, method: str = "hscmae",
               seed: int = 0, posthoc_cca: bool = False, videos: Path | None = None) -> EmbedOutcome:
         """Embed every clip of ``features`` (or of ``videos``) with ``method`` x ``seed`` of the run ``run``.
 
         Args:
             run: a train-eval run directory; features: its kind of feature shards (folder or file).
-            out: the embedding folder; method, seed: which selected model of the run.
+            out: the embedding folder (empty: ``embeddings/`` under the output root); method, seed: which
+                selected model of the run.
             posthoc_cca: apply the run's post-hoc CCA (trainable methods only).
             videos: a class-folder tree or labels CSV to extract first (instead of ``features``).
         """
-        from hscmae.checkpoint import BEST
-        from hscmae.checkpoint import checkpoint_dir
+        from hscmae.checkpoint import BEST, checkpoint_dir
         from hscmae.embeddings import SHARD_PATTERN, run_method_config
 
-        run_dir, out = Path(run).resolve(), Path(out).resolve()
+        run_dir = Path(run).resolve()
+        out = Path(out).resolve() if out is not None else output_root() / "embeddings"
         config = run_method_config(run_dir, method)
         weights = checkpoint_dir(run_dir, method, seed) / BEST
         if not weights.is_file():

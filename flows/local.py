@@ -9,20 +9,29 @@ artifacts' links to plots and tables open from the UI.
 
 Everything lives in the project-local Prefect home (``.prefect/``): the SQLite database,
 and under ``.prefect/local/`` the pid files and logs of the server, the file server and the
-worker. Every process is started from an argument list in its own session, so ``down`` stops
-each one and nothing else. Flow runs get sessions of their own from the worker, so ``down``
+worker. Every process is started from an argument list in its own session (``flows.processes``),
+so ``down`` stops each one and nothing else. Flow runs get sessions of their own from the worker, so ``down``
 first sets them Cancelling (their processes stop) and Cancelled, rather than leaving them
 "Running" forever in the UI.
+
+SQLite (issue 18): Prefect already runs its database in WAL mode with a 60 s busy timeout. The
+"database is locked" tracebacks seen in ``server.log`` while runs write come from a few Prefect
+transactions that read and then write without taking the write lock first (the worker channel's
+heartbeat, the worker-health monitor): SQLite refuses that upgrade at once, whatever the timeout,
+and the next heartbeat or monitor pass does the work. ``up`` gives the server a logging config
+(Prefect's own plus :class:`RetriedLockFilter`) that leaves those retried errors out of its log, as
+Prefect does for its API requests; ``PREFECT_SERVER_LOG_RETRYABLE_ERRORS=true`` shows them again.
+See docs/local-stack.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
+import logging
 import os
-import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -32,17 +41,14 @@ from pathlib import Path
 
 from flows import PROJECT_ROOT
 from flows.common import FILES_ROOT_ENV, FILES_URL_ENV, OUTPUTS_ENV, output_root
+from flows.processes import alive, forget_stack, read_pid, read_stack, start, state_dir, stop, write_stack
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
 WORK_POOL = "local-process"
 PROCESSES = ("worker", "files", "server")  # stop order: the worker first, so no run is left orphaned
 IN_FLIGHT = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")
-
-
-def state_dir() -> Path:
-    """``$PREFECT_HOME/local``: pid files and logs of the processes ``up`` starts."""
-    return Path(os.environ["PREFECT_HOME"]) / "local"
+DEPLOYMENTS = ("build-features/demo", "train-eval/demo", "demo/demo", "tune/demo")  # prefect.yaml's, as `up` lists them
 
 
 def api_url(port: int) -> str:
@@ -62,62 +68,42 @@ def stack_env(port: int, files_port: int | None = None, out: Path | None = None)
     return env
 
 
+class RetriedLockFilter(logging.Filter):
+    """Leaves out records of SQLite's "database is locked" (``SQLITE_BUSY``), an operation the server retries."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        cause = getattr(error, "orig", error)  # SQLAlchemy's OperationalError wraps the driver's
+        return not (isinstance(cause, sqlite3.OperationalError) and "database is locked" in str(cause))
+
+
+def server_logging(env: dict[str, str]) -> dict[str, str]:
+    """The server's logging settings: Prefect's default config with :class:`RetriedLockFilter` on its console,
+    written to ``server-logging.yml``; nothing when ``env`` names a config or asks for retryable errors."""
+    import yaml
+    from prefect.logging.configuration import DEFAULT_LOGGING_SETTINGS_PATH
+    from prefect.settings import get_current_settings
+
+    if "PREFECT_LOGGING_SETTINGS_PATH" in env or get_current_settings().server.log_retryable_errors:
+        return {}
+    config = yaml.safe_load(DEFAULT_LOGGING_SETTINGS_PATH.read_text())
+    config.setdefault("filters", {})["retried_sqlite_locks"] = {"()": "flows.local.RetriedLockFilter"}
+    config["handlers"]["console"].setdefault("filters", []).append("retried_sqlite_locks")
+    path = state_dir() / "server-logging.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return {"PREFECT_LOGGING_SETTINGS_PATH": str(path)}
+
+
 def _prefect(*args: str) -> list[str]:
     return [sys.executable, "-m", "prefect", *args]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _ours(pid: int) -> bool:
-    """Whether ``pid`` still runs a Prefect command (not a process that reused a stale pid)."""
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if not cmdline.parent.exists():  # no procfs: trust the pid file
-        return _alive(pid)
-    try:
-        command = cmdline.read_bytes()
-    except OSError:
-        return False
-    return b"prefect" in command or b"flows.files" in command
-
-
-def _read_pid(name: str) -> int | None:
-    """The pid recorded for ``name`` if that process still runs; a stale pid file is removed."""
-    path = state_dir() / f"{name}.pid"
-    if not path.is_file():
-        return None
-    pid = int(path.read_text().strip())
-    if _alive(pid) and _ours(pid):
-        return pid
-    path.unlink()
-    return None
-
-
-def _start(name: str, command: list[str], env: dict[str, str]) -> int:
-    """Start ``command`` in its own session with its output in ``<name>.log``; record its pid."""
-    folder = state_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{name}.log", "ab") as log:
-        process = subprocess.Popen(
-            command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-    (folder / f"{name}.pid").write_text(f"{process.pid}\n")
-    return process.pid
 
 
 def wait_healthy(port: int, timeout_s: float = 120.0, pid: int | None = None) -> None:
     """Poll the server's health endpoint until it answers; raise naming the log if it never does."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if pid is not None and not _alive(pid):
+        if pid is not None and not alive(pid):
             break
         try:
             with urllib.request.urlopen(f"{api_url(port)}/health", timeout=2) as response:
@@ -147,27 +133,27 @@ def up(port: int = DEFAULT_PORT, files_port: int | None = None, out: Path | None
     files_port = port + 1 if files_port is None else files_port
     out = output_root(out)
     env = stack_env(port, files_port, out)
-    if _read_pid("server") is not None:
+    if read_pid("server") is not None:
         raise RuntimeError(f"a server started by flows.local is already running (pid file in {state_dir()}); "
                            "run `python -m flows.local down` first")
     _port_free(port)
     _port_free(files_port)
     out.mkdir(parents=True, exist_ok=True)
-    pid = _start("server", _prefect("server", "start", "--host", HOST, "--port", str(port)), env)
+    pid = start("server", _prefect("server", "start", "--host", HOST, "--port", str(port)), env | server_logging(env))
     print(f"server: pid {pid}, log {state_dir() / 'server.log'}")
-    (state_dir() / "stack.json").write_text(json.dumps({"api": api_url(port), "files": env[FILES_URL_ENV]}))
-    pid = _start("files", [sys.executable, "-m", "flows.files", "--root", str(out), "--port", str(files_port)], env)
+    write_stack(api=api_url(port), files=env[FILES_URL_ENV], root=out)
+    pid = start("files", [sys.executable, "-m", "flows.files", "--root", str(out), "--port", str(files_port)], env)
     print(f"files: pid {pid}, {out} read-only at {env[FILES_URL_ENV]}")
-    wait_healthy(port, pid=_read_pid("server"))
+    wait_healthy(port, pid=read_pid("server"))
     _run(_prefect("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"), env)
     _run(_prefect("--no-prompt", "deploy", "--all", "--prefect-file", str(PROJECT_ROOT / "prefect.yaml")), env)
-    pid = _start("worker", _prefect("worker", "start", "--pool", WORK_POOL), env)
+    pid = start("worker", _prefect("worker", "start", "--pool", WORK_POOL), env)
     print(f"worker: pid {pid}, log {state_dir() / 'worker.log'}")
     prefect = Path(sys.executable).parent / "prefect"
-    print(f"\nUI: http://{HOST}:{port}   outputs: {env[FILES_URL_ENV]}\n\nIn your shell:\n"
+    print(f"\nUI: http://{HOST}:{port}   outputs: {env[FILES_URL_ENV]} (the links of every run in this Prefect "
+          f"home point there while it runs, command-line runs included)\n\nIn your shell:\n"
           f"  export PREFECT_HOME={env['PREFECT_HOME']} PREFECT_API_URL={env['PREFECT_API_URL']}\n"
-          f"  {prefect} deployment run build-features/demo\n"
-          f"  {prefect} deployment run train-eval/demo\n")
+          + "".join(f"  {prefect} deployment run {name}\n" for name in DEPLOYMENTS))
 
 
 def cancel_in_flight(api: str, timeout_s: float = 10.0) -> list[str]:
@@ -197,29 +183,14 @@ def cancel_in_flight(api: str, timeout_s: float = 10.0) -> list[str]:
     return [run.name for run in runs]
 
 
-def _stop(name: str, timeout_s: float) -> None:
-    pid = _read_pid(name)
-    if pid is None:
-        print(f"{name}: not running")
-        return
-    os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if _alive(pid):
-        os.killpg(pid, signal.SIGKILL)
-    (state_dir() / f"{name}.pid").unlink(missing_ok=True)
-    print(f"{name}: stopped (pid {pid})")
-
-
 def down(timeout_s: float = 20.0) -> None:
     """Cancel in-flight flow runs, then stop the worker, the file server and the server (SIGTERM, then
     SIGKILL after ``timeout_s``)."""
-    stack = state_dir() / "stack.json"
-    if _read_pid("server") is not None and stack.is_file():
+    stack = read_stack()
+    if read_pid("server") is not None and stack is not None:
         import httpx
 
-        api = json.loads(stack.read_text())["api"]
+        api = stack["api"]
         try:
             cancelled = cancel_in_flight(api)
             print(f"cancelled {len(cancelled)} flow run(s) in flight{': ' + ', '.join(cancelled) if cancelled else ''}")
@@ -227,8 +198,8 @@ def down(timeout_s: float = 20.0) -> None:
             print(f"warning: could not reach the server at {api} to cancel runs in flight ({exc}); "
                   "stopping the processes anyway", file=sys.stderr)
     for name in PROCESSES:
-        _stop(name, timeout_s)
-    stack.unlink(missing_ok=True)
+        stop(name, timeout_s)
+    forget_stack()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,38 +1,36 @@
 """The flows' run forms: typed, bounded parameter models that the Prefect UI renders and checks.
 
-Each model mirrors one stage config (``pipeline``, ``extractors``, ``hscmae`` dataclasses) with
+``train-eval``'s form is ``hscmae.config.ExperimentConfig`` itself (its bounds are declared there).
+Each model here mirrors one stage config (``pipeline``, ``extractors`` dataclasses) with
 choices as ``Literal`` and bounds and descriptions as ``Field``s, so the UI lists the choices
 and the server refuses a bad value before a run is created (deployments enforce their
 parameter schema). Defaults come from the dataclasses themselves. ``to_config`` gives the
 stage config; the models also accept a config object (``from_attributes``), so Python callers
 may pass ``ExtractConfig(...)`` where a flow takes ``ExtractSettings``.
 
-Optional fields are ``X | SkipJsonSchema[None]``: left empty in the form they keep their
-default, and the form shows no "Property is type None" placeholder.
+Optional fields are plain ``X | None`` (default ``None``): their schema allows ``null``, which is
+what the form sends for a field left empty, so a form submitted unchanged validates (issue 18:
+``SkipJsonSchema[None]`` hid ``null`` from the schema, and the form refused its own defaults).
+Descriptions are rendered as Markdown, so they name placeholders without angle brackets.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic.json_schema import SkipJsonSchema
 
 from extractors.extract import ExtractConfig
-from flows.common import VISUAL_MODELS
-from hscmae.config import MODEL_PRESETS, methods
-from hscmae.experiment import ExperimentConfig
-from hscmae.synthetic import SyntheticConfig
+from extractors.registry import VISUAL_MODEL_NAMES
+from hscmae.config import Seed
 from pipeline.media.acquire import AcquireConfig
 from pipeline.datasets.demo_videos import DemoConfig
 from pipeline.media.segment import SegmentConfig
 from pipeline.media.youtube import YouTubeConfig
 
-VisualModel = Literal[VISUAL_MODELS]  # type: ignore[valid-type]  # the frame extractors, as choices
+VisualModel = Literal[VISUAL_MODEL_NAMES]  # type: ignore[valid-type]  # the frame extractors, as choices
 Device = Literal["cuda", "cpu"]
-MethodName = Literal[tuple(methods())]  # type: ignore[valid-type]  # the registry's names, as choices
-Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -64,8 +62,8 @@ class SegmentSettings(_Form):
 
     sample_rate: int = Field(SegmentConfig.sample_rate, ge=8000, le=48000, description="audio resampled to (Hz)")
     fps: float = Field(SegmentConfig.fps, gt=0.0, le=30.0, description="frames per second sampled")
-    frame_size: tuple[Annotated[int, Field(ge=16, le=4096)], Annotated[int, Field(ge=16, le=4096)]] | \
-        SkipJsonSchema[None] = Field(SegmentConfig.frame_size, description="(height, width); empty keeps the source")
+    frame_size: tuple[Annotated[int, Field(ge=16, le=4096)], Annotated[int, Field(ge=16, le=4096)]] | None = Field(
+        SegmentConfig.frame_size, description="(height, width); empty keeps the source")
     min_seconds: float = Field(SegmentConfig.min_seconds, gt=0.0, description="shorter clips are failures")
     length_tolerance_s: float = Field(SegmentConfig.length_tolerance_s, ge=0.0, le=5.0,
                                       description="shortfall accepted as codec framing (s)")
@@ -79,8 +77,8 @@ class SegmentSettings(_Form):
 class AcquireSettings(_Form):
     """Where sources are read from (``pipeline.media.acquire.AcquireConfig``; downloads go under the output root)."""
 
-    root: Path | SkipJsonSchema[None] = Field(None, description="folder that relative file sources are under")
-    archive: Path | SkipJsonSchema[None] = Field(None, description="zip file or folder holding archive sources")
+    root: Path | None = Field(None, description="folder that relative file sources are under")
+    archive: Path | None = Field(None, description="zip file or folder holding archive sources")
     youtube: YouTubeConfig = Field(default_factory=YouTubeConfig, description="download settings")
 
     def to_config(self, cache_dir: Path) -> AcquireConfig:
@@ -91,53 +89,19 @@ class ExtractSettings(_Form):
     """How features are extracted (``extractors.extract.ExtractConfig``; shards size: ``clips_per_shard``)."""
 
     visual_model: VisualModel = Field(ExtractConfig.visual_model, description="frame extractor")
-    audio_weights: str | SkipJsonSchema[None] = Field(
+    audio_weights: str | None = Field(
         None, description='VGGish weights: a file, "random", or empty for the published file')
-    pca_weights: str | SkipJsonSchema[None] = Field(None, description="VGGish PCA file; empty: the published one")
-    visual_weights: str | SkipJsonSchema[None] = Field(
+    pca_weights: str | None = Field(None, description="VGGish PCA file; empty: the published one")
+    visual_weights: str | None = Field(
         None, description='visual weights: a file, "random", or empty for the published file')
     audio_postprocess: bool = Field(ExtractConfig.audio_postprocess, description="PCA-whiten and quantise VGGish")
     batch_clips: int = Field(ExtractConfig.batch_clips, ge=1, le=1024, description="clips per model batch")
     max_batch: int = Field(ExtractConfig.max_batch, ge=1, le=65536, description="most examples per forward pass")
     decode_workers: int = Field(ExtractConfig.decode_workers, ge=1, le=64, description="decoding threads")
     prefetch_clips: int = Field(ExtractConfig.prefetch_clips, ge=1, le=1024, description="clips decoded ahead")
-    device: Device | SkipJsonSchema[None] = Field(None, description="empty: cuda when available, else cpu")
+    device: Device | None = Field(None, description="empty: cuda when available, else cpu")
     amp: bool = Field(ExtractConfig.amp, description="float16 autocast on CUDA")
     seed: Seed = Field(ExtractConfig.seed, description="initialisation seed of random weights")
 
     def to_config(self, clips_per_shard: int) -> ExtractConfig:
         return ExtractConfig(**self.model_dump(), clips_per_shard=clips_per_shard)
-
-
-class ExperimentSettings(_Form):
-    """An experiment (``hscmae.experiment.ExperimentConfig``): data, methods, seeds, selection, output."""
-
-    shards: str | SkipJsonSchema[None] = Field(None, description="feature shards folder; empty: the synthetic set")
-    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig, description="the generated set")
-    data_root: str = Field("data", min_length=1, description="where generated shards go (under the output root)")
-    methods: list[MethodName] = Field(default_factory=lambda: list(methods()), min_length=1,
-                                      description="methods to train and evaluate")
-    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2], min_length=1, max_length=100,
-                              description="one run per method and seed")
-    val_fraction: float = Field(ExperimentConfig.val_fraction, gt=0.0, lt=1.0,
-                                description="train share carved into val when the data have none")
-    split_seed: Seed = Field(ExperimentConfig.split_seed, description="seed of the val carving")
-    posthoc_cca: bool = Field(ExperimentConfig.posthoc_cca, description="also report metrics after linear CCA")
-    model_preset: Literal[("auto", *MODEL_PRESETS)] = Field(  # type: ignore[valid-type]
-        ExperimentConfig.model_preset, description="encoder sizes of every trainable method; auto: demo for the "
-                                                   "built-in set, paper (1,024 wide) for real shards")
-    model: dict[str, Any] = Field(default_factory=dict, description="ModelConfig fields set on top of the preset")
-    method_configs: dict[MethodName, dict[str, Any]] = Field(
-        default_factory=dict, description="per method: changes to its model, loss and train configs")
-    epochs: Annotated[int, Field(ge=1, le=10000)] | SkipJsonSchema[None] = Field(
-        None, description="override every trainable method's epochs")
-    batch_size: Annotated[int, Field(ge=1, le=65536)] | SkipJsonSchema[None] = Field(
-        None, description="override every trainable method's batch size")
-    runs_root: str = Field("runs", min_length=1, description="where run folders go (under the output root)")
-    run_dir: str | SkipJsonSchema[None] = Field(None, description="the run folder; empty: runs_root/run-<hash>")
-
-    def to_config(self, root: Path) -> ExperimentConfig:
-        """The experiment, with relative ``data_root``, ``runs_root`` and ``run_dir`` under ``root``."""
-        paths = {name: str(root / value) for name in ("data_root", "runs_root", "run_dir")
-                 if (value := getattr(self, name)) is not None}
-        return ExperimentConfig.from_dict({**self.model_dump(), "synthetic": self.synthetic, **paths})

@@ -12,11 +12,17 @@ Computed through thin SVDs of the centred data, so 2048-d inputs with fewer rows
 device, and on torch's own CPU threads. NumPy's BLAS keeps a second pool of spinning threads, and
 calling it between torch operations in every training step (the teacher's batch CCA) made the
 two pools fight over the cores: 100 ms of a 320 ms step on 2 cores (``bench/bench_train.py``).
+
+Everything CCA lives here: the closed-form fit (:func:`fit_cca_tensors`, :class:`LinearCCA` for
+evaluation in float64 NumPy), the one torch map of a fit (:class:`CanonicalMap`: the teacher's
+canonical space, the distillation targets and a model's output map), and the canonical
+correlations of a batch (:func:`canonical_correlations`, differentiable: the deep-CCA loss) with
+the same relative ridge.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +59,13 @@ class LinearCCA:
     def embed(self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """The paired views as retrieval compares them: ``[N, k]`` variates of each, scaled by the correlations."""
         return self.transform_x(x, scale=True), self.transform_y(y, scale=True)
+
+    def heldout_correlations(self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Correlation ``[k]`` of each pair of canonical variates of other paired data ``x: [N, Dx]``, ``y: [N, Dy]``
+        (e.g. validation latents under a fit on training ones)."""
+        a, v = self.transform_x(x), self.transform_y(y)
+        a, v = a - a.mean(0), v - v.mean(0)
+        return (a * v).sum(0) / np.sqrt((a * a).sum(0) * (v * v).sum(0)).clip(min=1e-12)
 
     def save(self, path: str) -> None:
         """Write the fitted arrays as safetensors."""
@@ -137,3 +150,67 @@ def fit_cca_path(x: np.ndarray | Tensor, y: np.ndarray | Tensor, *, k: int, ridg
 def fit_cca(x: np.ndarray | Tensor, y: np.ndarray | Tensor, *, k: int, ridge: float = 1e-3) -> LinearCCA:
     """Fit linear CCA with one ``ridge`` (see :func:`fit_cca_tensors`)."""
     return fit_cca_path(x, y, k=k, ridges=[ridge])[0]
+
+
+class CanonicalMap:
+    """``z[m]: [B, L] -> (z[m] - mean[m]) @ matrix[m]: [B, K]`` in torch, differentiable in ``z``.
+
+    The torch form of a fitted linear CCA, ``matrix`` holding the projections scaled by their
+    correlations (audio: the fit's x side, visual: its y side).
+    """
+
+    def __init__(self, mean: Mapping[str, Tensor], matrix: Mapping[str, Tensor]) -> None:
+        self.mean, self.matrix = dict(mean), dict(matrix)
+
+    @classmethod
+    def from_cca(cls, fitted: Mapping[str, Tensor], *, dtype: torch.dtype) -> CanonicalMap:
+        """A fit's centring and correlation-scaled projections, from :func:`fit_cca_tensors`, as ``dtype``
+        tensors on the fit's device."""
+        return cls({"audio": fitted["mean_x"].to(dtype), "visual": fitted["mean_y"].to(dtype)},
+                   {"audio": (fitted["proj_x"] * fitted["correlations"]).to(dtype),
+                    "visual": (fitted["proj_y"] * fitted["correlations"]).to(dtype)})
+
+    def __call__(self, z: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {m: (z[m] - self.mean[m]) @ self.matrix[m] for m in self.mean}
+
+
+@torch.no_grad()
+def canonical_space(latent: Mapping[str, Tensor], *, ridge: float) -> tuple[dict[str, Tensor], CanonicalMap]:
+    """The canonical space of one batch: a linear CCA fitted on ``latent[m]: [B, L]`` (audio and visual).
+
+    Returns the canonical variates ``[B, K]`` (``K = min(L, B - 1)``, each scaled by its canonical
+    correlation, as in evaluation) and the map that produced them, to apply to other latents.
+    """
+    audio, visual = latent["audio"], latent["visual"]
+    k = min(audio.shape[1], visual.shape[1], len(audio) - 1)
+    cmap = CanonicalMap.from_cca(fit_cca_tensors(audio, visual, k=k, ridges=[ridge])[0], dtype=audio.dtype)
+    return cmap(latent), cmap
+
+
+def _whitened_cross_covariance(h1: Tensor, h2: Tensor, *, ridge: float) -> Tensor:
+    """``T = L1^-1 S12 L2^-T`` (float64), ``L1, L2`` the Cholesky factors of the ridge covariances."""
+    h1, h2 = h1.double(), h2.double()
+    denom = max(h1.shape[0] - 1, 1)
+    h1 = h1 - h1.mean(dim=0)
+    h2 = h2 - h2.mean(dim=0)
+    s11, s22 = h1.T @ h1 / denom, h2.T @ h2 / denom
+    # ridge relative to each side's mean variance, as in fit_cca_tensors
+    s11 = s11 + ridge * torch.diagonal(s11).mean() * torch.eye(h1.shape[1], dtype=h1.dtype, device=h1.device)
+    s22 = s22 + ridge * torch.diagonal(s22).mean() * torch.eye(h2.shape[1], dtype=h2.dtype, device=h2.device)
+    s12 = h1.T @ h2 / denom
+    # Any whitening works: T's singular values (the canonical correlations) do not depend on it.
+    l1 = torch.linalg.cholesky(s11)
+    l2 = torch.linalg.cholesky(s22)
+    left = torch.linalg.solve_triangular(l1, s12, upper=False)
+    return torch.linalg.solve_triangular(l2, left.T, upper=False).T
+
+
+def canonical_correlations(h1: Tensor, h2: Tensor, *, ridge: float) -> Tensor:
+    """Canonical correlations of ``h1: [B, L1]`` and ``h2: [B, L2]``, descending, float64 ``[min(L1, L2)]``.
+
+    Covariances are centred, divided by ``B - 1`` and get ``ridge * (mean variance) * I`` added.
+    Whitening uses Cholesky factors and the correlations are singular values, whose gradient
+    ``U_k V_k^T`` needs no eigenvalue gaps, so rank-deficient batches (fewer rows than dims,
+    repeated rows) stay finite.
+    """
+    return torch.linalg.svdvals(_whitened_cross_covariance(h1, h2, ridge=ridge))

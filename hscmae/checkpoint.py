@@ -8,7 +8,8 @@ Layout of a checkpoint directory::
     best.safetensors                 # the best-on-val student
 
 Every file is written with :func:`pipeline.io.atomic.atomic_path`; ``last.json`` moves to a new epoch
-only once that epoch's files are complete, then older epoch directories are removed.
+only once that epoch's files are complete, then older epoch directories are removed. A finished
+run may drop its resume state (:func:`drop_resume_state`) and keep ``best.safetensors``.
 """
 
 from __future__ import annotations
@@ -121,3 +122,11 @@ def load_checkpoint(directory: Path, *, modules: Mapping[str, nn.Module], optimi
 def checkpoint_dir(run_dir: str | os.PathLike[str], method: str, seed: int) -> Path:
     """Where a run keeps ``method`` x ``seed``: its selected model, post-hoc CCA and resume state."""
     return Path(run_dir) / "checkpoints" / f"{method}-seed{seed}"
+
+
+def drop_resume_state(folder: Path) -> None:
+    """Remove a finished run's resume state (``last.json`` first, then ``epoch_NNNN/``); keep its best model."""
+    (folder / LAST).unlink(missing_ok=True)
+    for old in folder.iterdir():
+        if old.is_dir() and EPOCH_DIR.match(old.name):
+            shutil.rmtree(old)

@@ -1,32 +1,44 @@
-"""Typed configs for HSC-MAE and its baselines; every default lives here.
+"""Typed configs for HSC-MAE and its baselines: every default, bound, choice and description is declared here.
+
+Each config is a pydantic dataclass whose fields declare their bounds and choices (``Field``,
+``Literal``) and a description once. Everything else derives from that declaration: the Prefect run
+form of ``flows.train_eval`` (its JSON schema), the checks of a config file and of the command line
+(:func:`load_config`), and Python callers (a bad value raises ``ValueError``, a pydantic
+``ValidationError`` naming the field). Checks that tie several fields together are ``__post_init__``.
 
 A :class:`MethodConfig` names one method of the results table. ``kind="trainable"`` methods are
 trained by :func:`hscmae.train.fit`; ``kind="closed_form"`` ones (linear CCA) are solved elsewhere.
-Configs round-trip through plain dicts (``to_dict`` / ``from_dict``) for JSON files and flow parameters.
-:class:`ExperimentConfig` gathers the data, methods, seeds and overrides of one experiment, and
-:func:`load_config` reads it from a file with every key checked (light: no torch, so command lines
-answer bad configs at once).
+``LossConfig.mask_mode="auto"`` is resolved once the data are known (:meth:`MethodConfig.for_input`).
+:class:`ExperimentConfig` gathers the data, methods, seeds and changes of one experiment; its
+per-method changes are typed too (:data:`ModelChanges`, :data:`MethodChanges`: the same fields,
+each optional, empty keeping the method's own value). Configs round-trip through plain dicts
+(``to_dict`` / ``from_dict``) for JSON files. This module is light (no torch), so command lines
+answer a bad config at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
 
 from hscmae.synthetic import SyntheticConfig
 from pipeline.io.errors import UserError
 
 LOSS_TERMS = ("global", "local", "recon", "distill")
-MASK_MODES = ("element", "time")
-RECON_TARGETS = ("masked", "full")
-KINDS = ("trainable", "closed_form")
+MaskMode = Literal["auto", "element", "time"]
+ReconTarget = Literal["masked", "full"]
+Kind = Literal["trainable", "closed_form"]
+Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
+PATIENCE = 15  # TrainConfig.patience's default, chosen from val curves (docs/protocol.md, "Early stopping")
+STRICT = ConfigDict(extra="forbid")  # an unknown key is an error that names it
 
 
-@dataclass
+@dataclass(config=STRICT)
 class ModelConfig:
     """Per-modality MLP encoders ``D -> hidden (x depth) -> latent`` and decoders ``latent -> hidden (x depth) -> D``.
 
@@ -34,17 +46,10 @@ class ModelConfig:
     features; :data:`MODEL_PRESETS` ``"demo"`` is a small one for the built-in and demo sets.
     """
 
-    hidden: int = 1024
-    depth: int = 2
-    latent: int = 32
-    dropout: float = 0.1
-
-    def __post_init__(self) -> None:
-        for name in ("hidden", "depth", "latent"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model {name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model dropout must be in [0, 1), got {self.dropout}")
+    hidden: Annotated[int, Field(ge=1, description="width of each hidden layer")] = 1024
+    depth: Annotated[int, Field(ge=1, description="hidden layers of each encoder and decoder")] = 2
+    latent: Annotated[int, Field(ge=1, description="size of the latent (the embedding)")] = 32
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0, description="dropout after each hidden layer")] = 0.1
 
 
 # Named model sizes: "paper" = the authors' encoder width (real features); "demo" = one hidden layer
@@ -52,49 +57,41 @@ class ModelConfig:
 MODEL_PRESETS = {"paper": ModelConfig(), "demo": ModelConfig(hidden=128, depth=1)}
 
 
-@dataclass
+@dataclass(config=STRICT)
 class LossConfig:
-    """Which alignment levels are on, and their settings.
+    """Which alignment levels are on, and their settings (see :mod:`hscmae.losses` and :mod:`hscmae.model`)."""
 
-    ``cca_k=None`` averages all ``latent`` canonical correlations (the deep-CCA loss is minus their
-    mean, in [-1, 0]). ``cca_ridge`` is relative to the mean variance (the convention of
-    :mod:`hscmae.cca`). ``topk=0`` makes the local loss plain symmetric InfoNCE (own pair only, no
-    teacher). ``mask_ratio=0`` feeds the student clean inputs. ``mask_mode="time"`` (default) drops
-    whole seconds; ``"element"`` zeroes entries and rescales the rest by ``1 / (1 - mask_ratio)``.
-    """
-
-    use_global: bool = True
-    use_local: bool = True
-    use_recon: bool = True
-    use_distill: bool = False
-    cca_k: int | None = None
-    cca_ridge: float = 1e-3
-    topk: int = 5
-    teacher_temperature: float = 0.05
-    nce_temperature: float = 0.07
-    self_weight: float = 1.0
-    mask_ratio: float = 0.3
-    mask_mode: str = "time"
-    recon_target: str = "masked"
-    learn_weights: bool = True
-    weight_warmup_epochs: int = 0
+    use_global: Annotated[bool, Field(description="global level: deep CCA of the clean-input latents")] = True
+    use_local: Annotated[bool, Field(description="local level: multi-positive InfoNCE of the masked view")] = True
+    use_recon: Annotated[bool, Field(description="sample level: reconstruction of the clean input")] = True
+    use_distill: Annotated[bool, Field(description="distillation towards the teacher's canonical variates")] = False
+    cca_k: Annotated[int | None, Field(ge=1, description="canonical correlations averaged by deep CCA; "
+                                                         "empty: all latent ones (the loss is in [-1, 0])")] = None
+    cca_ridge: Annotated[float, Field(gt=0.0, description="CCA ridge, relative to the mean variance "
+                                                          "(the convention of hscmae.cca)")] = 1e-3
+    topk: Annotated[int, Field(ge=0, description="teacher neighbours taken as extra positives; "
+                                                 "0: plain symmetric InfoNCE, no teacher")] = 5
+    teacher_temperature: Annotated[float, Field(gt=0.0, description="softmax temperature of the soft "
+                                                                     "positives' weights")] = 0.05
+    nce_temperature: Annotated[float, Field(gt=0.0, description="InfoNCE temperature")] = 0.07
+    self_weight: Annotated[float, Field(ge=0.0, description="weight of the own pair among the positives")] = 1.0
+    mask_ratio: Annotated[float, Field(ge=0.0, lt=1.0, description="share of each clip's seconds (time) or "
+                                                                   "entries (element) masked; 0: clean inputs")] = 0.3
+    mask_mode: Annotated[MaskMode, Field(description="time: drop whole seconds from the pooled mean; element: "
+                                                     "zero entries of the pooled vector and rescale the rest by "
+                                                     "1/(1-ratio); auto: element on clip-level features (one "
+                                                     "second per clip), else time")] = "auto"
+    recon_target: Annotated[ReconTarget, Field(description="reconstruction error over the masked entries or "
+                                                           "the full vector")] = "masked"
+    learn_weights: Annotated[bool, Field(description="learn the loss weights (homoscedastic uncertainty)")] = True
+    weight_warmup_epochs: Annotated[int, Field(ge=0, description="epochs with the loss weights held at 1")] = 0
 
     def __post_init__(self) -> None:
-        if self.mask_mode not in MASK_MODES:
-            raise ValueError(f"mask_mode {self.mask_mode!r} is not one of {MASK_MODES}")
-        if self.recon_target not in RECON_TARGETS:
-            raise ValueError(f"recon_target {self.recon_target!r} is not one of {RECON_TARGETS}")
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
-        if self.topk < 0 or self.self_weight < 0 or (self.topk == 0 and self.self_weight == 0):
-            raise ValueError(f"local loss needs topk >= 0, self_weight >= 0 and one of them > 0 "
-                             f"(topk={self.topk}, self_weight={self.self_weight})")
+        if self.topk == 0 and self.self_weight == 0:
+            raise ValueError(f"local loss needs topk > 0 or self_weight > 0 (topk={self.topk}, "
+                             f"self_weight={self.self_weight})")
         if self.use_recon and self.mask_ratio == 0 and self.recon_target == "masked":
             raise ValueError("recon_target 'masked' needs mask_ratio > 0 (or use recon_target 'full')")
-        if self.cca_k is not None and self.cca_k < 1:
-            raise ValueError(f"cca_k must be None (all) or >= 1, got {self.cca_k}")
-        if self.cca_ridge <= 0:
-            raise ValueError(f"cca_ridge must be > 0, got {self.cca_ridge}")
 
     @property
     def active(self) -> tuple[str, ...]:
@@ -108,43 +105,60 @@ class LossConfig:
         return (self.use_local and self.topk > 0) or self.use_distill
 
 
-@dataclass
+@dataclass(config=STRICT)
 class TrainConfig:
-    """Optimiser, schedule and EMA settings. ``device="auto"`` picks CUDA when available."""
+    """Optimiser, schedule and EMA settings."""
 
-    lr: float = 3e-4
-    # Learning rate of the uncertainty log-variances (no weight decay). High enough that each
-    # s_i = log(variance) can travel to its optimum log(L_i) (a few units) within the default budget
-    # even on sets with two steps per epoch (80 steps): Adam moves each by about lr per step.
-    weights_lr: float = 5e-2
-    weight_decay: float = 1e-4
-    batch_size: int = 512
-    epochs: int = 40
-    warmup_epochs: int = 2
-    grad_clip: float = 1.0
-    ema_start: float = 0.95
-    ema_end: float = 0.999
-    device: str = "auto"
+    lr: Annotated[float, Field(gt=0.0, description="peak learning rate of the networks (AdamW)")] = 3e-4
+    # High enough that each s_i = log(variance) can travel to its optimum log(L_i) (a few units) within
+    # the default budget even on sets with two steps per epoch (80 steps): Adam moves each by about lr per step.
+    weights_lr: Annotated[float, Field(gt=0.0, description="learning rate of the loss weights' log-variances "
+                                                           "(no weight decay)")] = 5e-2
+    weight_decay: Annotated[float, Field(ge=0.0, description="AdamW weight decay of the networks")] = 1e-4
+    batch_size: Annotated[int, Field(ge=1, le=65536, description="clips per step")] = 512
+    epochs: Annotated[int, Field(ge=1, le=10000, description="most passes over the training clips (early "
+                                                             "stopping may end training sooner: patience)")] = 40
+    patience: Annotated[int, Field(ge=1, le=10000, description="epochs without a better val score after which "
+                                                               "training stops; at least epochs: never stops "
+                                                               "early")] = PATIENCE
+    warmup_epochs: Annotated[int, Field(ge=0, description="epochs of linear learning-rate warm-up")] = 2
+    grad_clip: Annotated[float, Field(gt=0.0, description="largest gradient norm of the networks")] = 1.0
+    ema_start: Annotated[float, Field(ge=0.0, le=1.0, description="teacher momentum at the first step")] = 0.95
+    ema_end: Annotated[float, Field(ge=0.0, le=1.0, description="teacher momentum at the last step")] = 0.999
+    device: Annotated[str, Field(min_length=1, description="torch device; auto: cuda when available")] = "auto"
 
 
-@dataclass
+@dataclass(config=STRICT)
 class MethodConfig:
     """One method of the results table."""
 
-    name: str
-    kind: str = "trainable"
-    cca_dim: int = 32  # dimension of a closed-form (linear-cca) method; trainable ones use model.latent
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    name: Annotated[str, Field(min_length=1, description="the method's name in the tables")]
+    kind: Annotated[Kind, Field(description="trainable (hscmae.train.fit) or closed_form (linear CCA)")] = "trainable"
+    cca_dim: Annotated[int, Field(ge=1, description="dimension of a closed-form (linear-cca) method; "
+                                                    "trainable ones use model.latent")] = 32
+    cca_ridge: Annotated[float | None, Field(gt=0.0, description="ridge of a closed-form (linear-cca) method, "
+                                                                 "relative to the mean variance; empty: the "
+                                                                 "one of hscmae.evaluate.CCA_RIDGES best on "
+                                                                 "val")] = None
+    model: Annotated[ModelConfig, Field(description="encoder and decoder sizes")] = field(default_factory=ModelConfig)
+    loss: Annotated[LossConfig, Field(description="alignment levels and their settings")] = \
+        field(default_factory=LossConfig)
+    train: Annotated[TrainConfig, Field(description="optimiser, schedule and EMA")] = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"method {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
         if self.kind == "trainable" and not self.loss.active:
             raise ValueError(f"method {self.name!r}: no loss term is switched on")
-        if self.cca_dim < 1:
-            raise ValueError(f"method {self.name!r}: cca_dim must be >= 1, got {self.cca_dim}")
+        if self.kind == "trainable" and self.cca_ridge is not None:
+            raise ValueError(f"method {self.name!r}: cca_ridge is the ridge of closed-form methods; a trainable "
+                             "one's post-hoc CCA picks its ridge on val (its deep CCA: loss.cca_ridge)")
+
+    def for_input(self, *, clip_level: bool) -> MethodConfig:
+        """This method with ``loss.mask_mode="auto"`` resolved for its data: ``"element"`` (entries of the pooled
+        vector) when ``clip_level`` (some modality has one second in every clip, so dropping seconds could
+        not mask it), else ``"time"``; an explicit mode is kept."""
+        if self.loss.mask_mode != "auto":
+            return self
+        return self.updated({"loss": {"mask_mode": "element" if clip_level else "time"}})
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON-ready dict."""
@@ -152,35 +166,63 @@ class MethodConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MethodConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
-        top = _checked(cls, data, "method")
-        for key, part in _PARTS.items():
-            if key in top:
-                top[key] = part(**_checked(part, top[key], key))
-        return cls(**top)
+        """Inverse of :meth:`to_dict`; unknown keys and bad values raise ``ValueError`` naming them."""
+        return TypeAdapter(cls).validate_python(data)
 
-    def updated(self, changes: dict[str, Any]) -> MethodConfig:
-        """A copy with ``changes`` applied: top-level fields, and ``model``/``loss``/``train`` dicts merged
-        field by field; unknown keys raise ``ValueError`` naming them."""
-        top = _checked(MethodConfig, changes, f"method {self.name!r}")
+    def updated(self, changes: dict[str, Any] | MethodChanges) -> MethodConfig:
+        """A copy with ``changes`` (a :data:`MethodChanges` or its dict) applied, ``model``/``loss``/``train``
+        merged field by field; unknown keys and bad values raise ``ValueError`` naming them."""
+        top = changes_dict(TypeAdapter(MethodChanges).validate_python(changes))
         for key, value in top.items():
             if key in _PARTS:
-                top[key] = dataclasses.replace(getattr(self, key), **_checked(_PARTS[key], value, f"{self.name}.{key}"))
+                top[key] = dataclasses.replace(getattr(self, key), **value)
         return dataclasses.replace(self, **top)
 
 
-def _checked(cls: type, data: Any, where: str) -> dict[str, Any]:
-    """``data`` as a dict of ``cls``'s fields; anything else raises ``ValueError`` naming ``where``."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{where} config: expected a mapping, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{where} config: unknown keys {unknown} (known: {sorted(names)})")
-    return dict(data)
+_PARTS = ("model", "loss", "train")
 
 
-_PARTS = {"model": ModelConfig, "loss": LossConfig, "train": TrainConfig}
+def optional(config: type, name: str) -> Any:
+    """The type of ``config``'s field ``name`` with ``None`` allowed, its bounds, choices and description kept."""
+    info = config.__pydantic_fields__[name]
+    return Annotated[info.annotation | None, *info.metadata, Field(description=info.description)]
+
+
+def _changes_of(config: type, *, skip: tuple[str, ...] = ()) -> type:
+    """A pydantic dataclass with ``config``'s fields (less ``skip``), each :func:`optional` with ``None`` (keep)
+    as its default; a part config (model, loss, train) becomes its changes."""
+    fields = []
+    for name, info in config.__pydantic_fields__.items():
+        if name in skip:
+            continue
+        part = _CHANGES.get(info.annotation)
+        if part is not None:
+            fields.append((name, Annotated[part, Field(description=info.description)], field(default_factory=part)))
+        else:
+            fields.append((name, optional(config, name), field(default=None)))
+    made = dataclasses.make_dataclass(config.__name__.replace("Config", "Changes"), fields)
+    made.__doc__ = f"Changes to a :class:`{config.__name__}`: each field optional, empty keeps the value it changes."
+    made.__module__ = __name__
+    return dataclass(made, config=STRICT)
+
+
+_CHANGES: dict[type, type] = {}
+ModelChanges = _CHANGES[ModelConfig] = _changes_of(ModelConfig)
+LossChanges = _CHANGES[LossConfig] = _changes_of(LossConfig)
+TrainChanges = _CHANGES[TrainConfig] = _changes_of(TrainConfig)
+MethodChanges = _changes_of(MethodConfig, skip=("name", "kind"))
+
+
+def changes_dict(changes: Any) -> dict[str, Any]:
+    """The fields a changes object sets, as a plain dict (``None`` and empty part changes left out)."""
+    out = {}
+    for f in dataclasses.fields(changes):
+        value = getattr(changes, f.name)
+        if dataclasses.is_dataclass(value):
+            value = changes_dict(value) or None
+        if value is not None:
+            out[f.name] = value
+    return out
 
 
 def _variant(base: MethodConfig, name: str, **loss_changes: Any) -> MethodConfig:
@@ -188,14 +230,20 @@ def _variant(base: MethodConfig, name: str, **loss_changes: Any) -> MethodConfig
 
 
 def methods() -> dict[str, MethodConfig]:
-    """HSC-MAE, its one-flag ablations, and the baselines, by name."""
+    """HSC-MAE, its ablations, and the baselines, by name.
+
+    Each ``hscmae-no-*`` row removes what its name says: one level (global, local), the reconstruction
+    decoder alone (``-no-recon-decoder``: the student still sees the masked view), or the whole sample
+    level (``-no-sample``: clean inputs, no reconstruction).
+    """
     base = MethodConfig(name="hscmae")
     own_pair_only = dict(topk=0, self_weight=1.0, learn_weights=False)
     variants = [
         base,
         _variant(base, "hscmae-no-global", use_global=False),
         _variant(base, "hscmae-no-local", use_local=False),
-        _variant(base, "hscmae-no-recon", use_recon=False),
+        _variant(base, "hscmae-no-recon-decoder", use_recon=False),  # masked view kept, no decoder
+        _variant(base, "hscmae-no-sample", use_recon=False, mask_ratio=0.0),  # no masking, no reconstruction
         _variant(base, "hscmae-fixed-weights", learn_weights=False),
         _variant(base, "hscmae+distill", use_distill=True),
         _variant(base, "dcca", use_local=False, use_recon=False, mask_ratio=0.0, learn_weights=False),
@@ -206,104 +254,161 @@ def methods() -> dict[str, MethodConfig]:
     return {m.name: m for m in variants}
 
 
-@dataclass
+MethodName = Literal[tuple(methods())]  # type: ignore[valid-type]  # the registry's names, as choices
+PresetName = Literal[("auto", *MODEL_PRESETS)]  # type: ignore[valid-type]
+EpochsOverride = optional(TrainConfig, "epochs")  # TrainConfig's bounds, for the experiment-wide override
+BatchSizeOverride = optional(TrainConfig, "batch_size")
+PatienceOverride = optional(TrainConfig, "patience")
+OVERRIDES = ("epochs", "batch_size", "patience")  # ExperimentConfig fields set on every trainable method's train
+
+
+@dataclass(config=STRICT)
+class TuningNote:
+    """Where a config's method settings came from: the ``tune`` flow writes it into ``tuned.yaml``; tables say it."""
+
+    trials_per_method: Annotated[int, Field(ge=1, description="finished trials of each method's study")]
+    storage: Annotated[str, Field(min_length=1, description="the Optuna storage URL that holds the studies")]
+    studies: Annotated[dict[str, str], Field(description="each tuned method's study name")] = \
+        field(default_factory=dict)
+    best_val_score: Annotated[dict[str, float], Field(description="each tuned method's best val mean mAP")] = \
+        field(default_factory=dict)
+
+
+@dataclass(config=STRICT)
 class ExperimentConfig:
     """Everything that decides an experiment; defaults run the built-in synthetic demo.
 
-    Args:
-        shards: a folder (or file) of feature shards; ``None`` uses the built-in synthetic set.
-        synthetic: the synthetic set to generate when ``shards`` is ``None``.
-        data_root: where generated shards are written (``synthetic-<hash>/``).
-        methods: names from :func:`hscmae.config.methods` (default: all).
-        seeds: one run per method and seed.
-        val_fraction, split_seed: val carved from train (stratified) when the data have no val split.
-        posthoc_cca: also report metrics after linear CCA fit on the TRAIN embeddings.
-        model_preset: a name from :data:`hscmae.config.MODEL_PRESETS` for every trainable method's
-            encoders; ``"auto"``: ``"demo"`` for the built-in synthetic set, ``"paper"`` otherwise.
-        model: fields of :class:`hscmae.config.ModelConfig` set on top of the preset, for every method.
-        method_configs: per method name, changes to its config (``{"hscmae": {"loss": {"topk": 10}}}``).
-        epochs, batch_size: override every trainable method's settings (quick runs); ``None`` keeps theirs.
-        runs_root, run_dir: the run goes to ``run_dir``, or ``runs_root/<hash of this config>``.
+    It is also the run form of ``flows.train_eval``, where relative folders are under the output root.
     """
 
-    shards: str | None = None
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    data_root: str = "data"
-    methods: list[str] = field(default_factory=lambda: list(methods()))
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    posthoc_cca: bool = True
-    model_preset: str = "auto"
-    model: dict[str, Any] = field(default_factory=dict)
-    method_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    epochs: int | None = None
-    batch_size: int | None = None
-    runs_root: str = "runs"
-    run_dir: str | None = None
+    shards: Annotated[str | None, Field(description="feature shards (a folder or file); "
+                                                    "empty: the built-in synthetic set")] = None
+    synthetic: Annotated[SyntheticConfig, Field(description="the generated set, when shards is empty")] = \
+        field(default_factory=SyntheticConfig)
+    data_root: Annotated[str, Field(min_length=1, description="where generated shards go "
+                                                              "(synthetic-HASH/)")] = "data"
+    methods: Annotated[list[MethodName], Field(min_length=1, description="methods to train and evaluate")] = \
+        field(default_factory=lambda: list(methods()))
+    seeds: Annotated[list[Seed], Field(min_length=1, max_length=100, description="one run per method and seed")] = \
+        field(default_factory=lambda: [0, 1, 2])
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0, description="train share carved (stratified) into val "
+                                                                     "when the data have no val split")] = 0.1
+    split_seed: Annotated[Seed, Field(description="seed of the val carving")] = 0
+    posthoc_cca: Annotated[bool, Field(description="also report metrics after linear CCA fit on the train "
+                                                   "embeddings")] = True
+    model_preset: Annotated[PresetName, Field(description="encoder sizes of every trainable method; auto: demo "
+                                                          "for the built-in set, paper (1,024 wide) for real "
+                                                          "shards")] = "auto"
+    model: Annotated[ModelChanges, Field(description="model fields set on top of the preset, for every method")] = \
+        field(default_factory=ModelChanges)
+    method_configs: Annotated[dict[MethodName, MethodChanges], Field(
+        description="per method: changes to its model, loss and train configs")] = field(default_factory=dict)
+    epochs: Annotated[EpochsOverride, Field(description="override every trainable method's epochs")] = None
+    batch_size: Annotated[BatchSizeOverride, Field(description="override every trainable method's batch size")] = None
+    patience: Annotated[PatienceOverride, Field(description="override every trainable method's early-stopping "
+                                                            "patience")] = None
+    runs_root: Annotated[str, Field(min_length=1, description="where run folders go")] = "runs"
+    run_dir: Annotated[str | None, Field(description="the run folder; empty: runs_root/run-HASH, HASH a hash of "
+                                                     "the data, settings and code")] = None
+    tuning: Annotated[TuningNote | None, Field(description="how method_configs were tuned (written by the tune "
+                                                           "flow); empty: each method's default recipe")] = None
 
     def __post_init__(self) -> None:
-        known = methods()
-        unknown = [m for m in self.methods if m not in known]
-        if unknown or not self.methods:
-            raise ValueError(f"unknown or no methods {unknown}; known: {sorted(known)}")
-        if not self.seeds:
-            raise ValueError("seeds must name at least one seed")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
-        if self.model_preset == "auto":  # resolved once, so it survives shards being filled in later
-            self.model_preset = "demo" if self.shards is None else "paper"
-        if self.model_preset not in MODEL_PRESETS:
-            raise ValueError(f"model_preset {self.model_preset!r} is not 'auto' or one of {sorted(MODEL_PRESETS)}")
-        unknown = sorted(set(self.method_configs) - set(known))
-        if unknown:
-            raise ValueError(f"method_configs: unknown methods {unknown}; known: {sorted(known)}")
-        for name in self.methods:  # every override is checked now, not when the method runs
-            self.method_config(name)
+        for name in self.methods:  # every method's resolved config is checked now, not when it runs
+            try:
+                self.method_config(name)
+            except ValidationError as exc:
+                raise ValueError(f"method {name!r}: {error_text(exc)}") from None
+
+    @property
+    def preset(self) -> str:
+        """The model preset's name, ``"auto"`` resolved: ``"demo"`` for the built-in set, else ``"paper"``."""
+        if self.model_preset != "auto":
+            return self.model_preset
+        return "demo" if self.shards is None else "paper"
+
+    def with_shards(self, shards: str | Path) -> ExperimentConfig:
+        """This experiment on ``shards`` (e.g. the generated set's folder), keeping the model preset it resolved."""
+        return dataclasses.replace(self, shards=str(shards), model_preset=self.preset)
+
+    def under(self, root: Path) -> ExperimentConfig:
+        """This experiment with relative ``data_root``, ``runs_root`` and ``run_dir`` under ``root``."""
+        paths = {name: str(root / value) for name in ("data_root", "runs_root", "run_dir")
+                 if (value := getattr(self, name)) is not None}
+        return dataclasses.replace(self, **paths)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """A plain, JSON-ready dict; changes hold only the fields they set."""
+        data = dataclasses.asdict(self)
+        data["model"] = changes_dict(self.model)
+        data["method_configs"] = {name: changes_dict(c) for name, c in self.method_configs.items()}
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
-        data = _checked(cls, data, "experiment")
-        if isinstance(data.get("synthetic"), dict):
-            data["synthetic"] = SyntheticConfig(**_checked(SyntheticConfig, data["synthetic"], "synthetic"))
-        return cls(**data)
+        """Inverse of :meth:`to_dict`; unknown keys and bad values raise ``ValueError`` naming them."""
+        return TypeAdapter(cls).validate_python(data)
 
-    def resolved(self) -> dict[str, Any]:
-        """The experiment's fields and every method's resolved config, as written to ``config.json``."""
-        return {"experiment": self.to_dict(), "methods": {m: self.method_config(m).to_dict() for m in self.methods}}
+    def resolved(self, *, clip_level: bool | None = None) -> dict[str, Any]:
+        """The experiment's fields (``model_preset`` resolved) and every method's resolved config, as written to
+        ``config.json``; with ``clip_level`` known (the data's, see :meth:`MethodConfig.for_input`) the
+        ``"auto"`` mask modes are resolved too."""
+        def method(name: str) -> MethodConfig:
+            found = self.method_config(name)
+            return found if clip_level is None else found.for_input(clip_level=clip_level)
+
+        return {"experiment": {**self.to_dict(), "model_preset": self.preset},
+                "methods": {m: method(m).to_dict() for m in self.methods}}
 
     def method_config(self, name: str) -> MethodConfig:
         """The resolved config of method ``name``: model preset and ``model`` fields, then its
-        ``method_configs`` entry, then the ``epochs``/``batch_size`` overrides."""
-        preset = dataclasses.asdict(MODEL_PRESETS[self.model_preset])
-        method = methods()[name].updated({"model": {**preset, **self.model}})
-        method = method.updated(self.method_configs.get(name, {}))
-        changes = {k: v for k, v in (("epochs", self.epochs), ("batch_size", self.batch_size)) if v is not None}
+        ``method_configs`` entry, then the ``epochs``/``batch_size``/``patience`` overrides."""
+        preset = dataclasses.asdict(MODEL_PRESETS[self.preset])
+        method = methods()[name].updated({"model": {**preset, **changes_dict(self.model)}})
+        method = method.updated(self.method_configs.get(name, MethodChanges()))
+        changes = {k: v for k in OVERRIDES if (v := getattr(self, k)) is not None}
         return method.updated({"train": changes})
 
-    def resolved_run_dir(self) -> Path:
-        if self.run_dir is not None:
-            return Path(self.run_dir)
-        text = json.dumps({k: v for k, v in self.to_dict().items() if k not in ("run_dir", "runs_root")}, sort_keys=True)
-        return Path(self.runs_root) / f"run-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+def problems(exc: ValidationError) -> list[tuple[tuple[str | int, ...], str]]:
+    """A config's problems as ``(field path, "field.path: problem, got value")`` pairs."""
+    found = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in error["loc"])
+        if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+            text = "unknown key"
+        elif error["type"] == "value_error":
+            text = str(error["ctx"]["error"])
+        else:
+            text = error["msg"]
+            if isinstance(error["input"], (bool, int, float, str)):
+                text += f", got {error['input']!r}"
+        found.append((error["loc"], f"{where}: {text}" if where else text))
+    return found
+
+
+def error_text(exc: ValidationError) -> str:
+    """A config's problems on one line: ``field.path: problem, got value``, joined by ``; ``."""
+    return "; ".join(text for _, text in problems(exc))
 
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> ExperimentConfig:
     """An :class:`ExperimentConfig` from a JSON or YAML file (optional), with non-``None`` ``overrides`` on top.
 
-    Raises :class:`pipeline.io.errors.UserError` starting with the file name (or "command line") for
-    unreadable files, bad YAML/JSON (:func:`pipeline.io.config_file.read_config_file`), unknown keys (named)
-    and invalid values.
+    Raises :class:`pipeline.io.errors.UserError` for unreadable files and bad YAML/JSON
+    (:func:`pipeline.io.config_file.read_config_file`), and for unknown keys and bad values, each named
+    after where it came from: the file, or "command line" for an override.
     """
     from pipeline.io.config_file import read_config_file
 
     data = read_config_file(path) if path is not None else {}
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    data.update(given)
     try:
         return ExperimentConfig.from_dict(data)
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"{path or 'command line'}: {' '.join(str(exc).split())}") from exc
+    except ValidationError as exc:
+        by_origin: dict[str, list[str]] = {}
+        for loc, text in problems(exc):
+            by_origin.setdefault("command line" if path is None or (loc and loc[0] in given) else str(path),
+                                 []).append(text)
+        raise UserError("; ".join(f"{where}: {'; '.join(texts)}" for where, texts in by_origin.items())) from None

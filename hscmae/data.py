@@ -58,6 +58,12 @@ class ClipArrays:
         """Feature size per modality, e.g. ``{"audio": 128, "visual": 2048}``."""
         return {m: self.features(m).shape[2] for m in MODALITIES}
 
+    @property
+    def clip_level_modalities(self) -> tuple[str, ...]:
+        """Modalities in which every clip has exactly one valid second: clip-level features (``T = 1``, e.g. the
+        authors' published pooled vectors), where dropping seconds can neither mask nor remove anything."""
+        return tuple(m for m in MODALITIES if bool((self.valid(m).sum(axis=1) == 1).all()))
+
     def name(self, row: int) -> str:
         """How error messages refer to clip ``row``."""
         return f"row {row}" + ("" if self.clip_id is None else f" ({self.clip_id[row]})")
@@ -114,11 +120,3 @@ def _pad(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         valid[i, : s.shape[0]] = True
     return out, valid
 
-
-def seconds_dropped(n_valid, ratio: float):
-    """How many of a clip's ``n_valid`` seconds go at ``ratio``: ``ratio * n`` rounded half up, at most ``n - 1``.
-
-    ``n_valid``: ``[N]`` numpy array or torch tensor (training masks and test-time dropping share this rule);
-    returns the same kind, as floats.
-    """
-    return ((2 * ratio * n_valid + 1) // 2).clip(max=n_valid - 1)

@@ -1,6 +1,7 @@
 """Per-epoch figures that show whether each level of HSC-MAE is alive, dead or dominant.
 
-Computed during training (:func:`hscmae.train.fit` stores them in each epoch's history entry) and
+Computed during training (:func:`hscmae.train.fit` stores :func:`epoch_figures` and the engine's
+``grad_share`` in each epoch's history entry) and
 written into the run directory by :func:`write` (``diagnostics.jsonl`` and ``plots/diagnostics.png``).
 See ``docs/diagnostics.md`` for how to read them.
 
@@ -30,7 +31,13 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from hscmae.cca import fit_cca  # noqa: E402
+from hscmae.config import LossConfig  # noqa: E402
+from hscmae.data import ClipArrays  # noqa: E402
+from hscmae.inference import embed  # noqa: E402
+from hscmae.losses import soft_targets  # noqa: E402
+from hscmae.model import HSCMAE, teacher_space  # noqa: E402
 from pipeline.io.atomic import atomic_path  # noqa: E402
+from pipeline.vocab import MODALITIES  # noqa: E402
 
 FIELDS = ("grad_share", "weights", "purity_teacher", "purity_raw", "val_canonical_corr")
 
@@ -60,10 +67,33 @@ def validation_correlations(train: tuple[np.ndarray, np.ndarray], val: tuple[np.
     """
     k = min(train[0].shape[1], train[1].shape[1], len(train[0]) - 1)
     cca = fit_cca(*train, k=k, ridge=ridge)
-    a, v = cca.transform_x(val[0]), cca.transform_y(val[1])
-    a, v = a - a.mean(0), v - v.mean(0)
-    corr = (a * v).sum(0) / np.sqrt((a * a).sum(0) * (v * v).sum(0)).clip(min=1e-12)
-    return sorted((float(c) for c in corr), reverse=True)
+    return sorted((float(c) for c in cca.heldout_correlations(*val)), reverse=True)
+
+
+@torch.no_grad()
+def epoch_figures(student: HSCMAE, teacher: torch.nn.ModuleDict | None, data: dict[str, Tensor], *,
+                  loss: LossConfig, batch_size: int, train_sample: ClipArrays,
+                  val_embedding: tuple[np.ndarray, np.ndarray]) -> dict[str, float | list[float]]:
+    """Soft-positive purity on one training batch (teacher canonical space vs raw-input neighbours)
+    and the validation canonical correlations (CCA fit on ``train_sample``'s latents).
+
+    ``data``: the run's training tensors (``m: [N, D]`` raw pooled, ``label: [N]``); ``loss``: the method's settings.
+    """
+    g = torch.Generator().manual_seed(0)  # the same clips every epoch; leaves the run's generator alone
+    n = len(data["audio"])
+    idx = torch.randperm(n, generator=g)[:min(batch_size, n)].to(data["audio"].device)
+    batch = {k: v[idx] for k, v in data.items() if k in (*MODALITIES, "label")}
+    clean = student.standardize(batch)
+    topk = loss.topk or LossConfig.topk  # methods without soft positives (topk=0) are rated at the default k
+    figures = {"purity_raw": positive_purity(
+        soft_targets(clean, topk=topk, temperature=loss.teacher_temperature, self_weight=0.0), batch["label"])}
+    if teacher is not None:
+        canonical, _ = teacher_space(teacher, clean, ridge=loss.cca_ridge)
+        figures["purity_teacher"] = positive_purity(
+            soft_targets(canonical, topk=topk, temperature=loss.teacher_temperature, self_weight=0.0), batch["label"])
+    figures["val_canonical_corr"] = validation_correlations(embed(student, train_sample), val_embedding,
+                                                            ridge=loss.cca_ridge)
+    return figures
 
 
 def rows(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ metadata under :data:`META_KEY` is a JSON object naming where the vectors come f
 
 Models are loaded only through the run's own files: ``config.json`` (the resolved method configs),
 ``checkpoints/<method>-seed<s>/best.safetensors`` (``hscmae.checkpoint``) and, when asked, its post-hoc
-CCA; trainable methods embed through :func:`hscmae.train.embed`, linear CCA through its transforms.
+CCA; trainable methods embed through :func:`hscmae.inference.embed`, linear CCA through its transforms.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class Embedder:
         if self.method.kind == "closed_form":
             audio, visual = self.model.embed(*clips.pooled())
             return audio.astype(np.float32), visual.astype(np.float32)
-        from hscmae.train import embed
+        from hscmae.inference import embed
 
         audio, visual = embed(self.model, clips)
         if self.posthoc is not None:
@@ -116,8 +116,8 @@ def load_embedder(method: MethodConfig, folder: str | os.PathLike[str], dims: di
         found = {"audio": model.mean_x.shape[0], "visual": model.mean_y.shape[0]}
     else:
         from hscmae.checkpoint import load_module
+        from hscmae.inference import resolve_device
         from hscmae.model import HSCMAE
-        from hscmae.train import resolve_device
 
         model = HSCMAE(in_dims=dims, config=method.model).to(resolve_device(method.train.device))
         found = dict(dims)

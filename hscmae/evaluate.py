@@ -6,25 +6,29 @@ post-hoc linear CCA the same names prefixed ``cca_``. Within a direction every q
 whole gallery of the other modality (the query's own pair included).
 
 Linear CCA for retrieval (the ``linear-cca`` baseline and the post-hoc step) is fit on TRAIN,
-its ridge picked by mean mAP on VAL from :data:`CCA_RIDGES`, and each canonical variate is
-scaled by its canonical correlation, so weakly correlated directions weigh less in the cosine.
+its ridge picked by mean mAP on VAL from :data:`CCA_RIDGES` (or set: :func:`candidate_ridges`), and
+each canonical variate is scaled by its canonical correlation, so weakly correlated directions weigh
+less in the cosine.
 
 Partial observation (the sample-level claim): :func:`evaluate_partial` re-embeds the test clips
-with a fraction of each clip's valid seconds turned off (:func:`drop_seconds`, independently per
-modality, the same seeded draw for every method) and reports ``drop<pct>_{a2v,v2a,mean}_map``
-(and ``drop<pct>_cca_...`` after the post-hoc CCA).
+with a fraction of each clip turned off, independently per modality, the same seeded draw for every
+method: of per-second features a fraction of each clip's valid seconds (:func:`drop_seconds`); of
+clip-level features (one second per clip, where no second can go) a fraction of the entries of each
+clip's vector, set to the training mean (:func:`drop_entries`, what a masked entry is in training).
+It reports ``drop<pct>_{a2v,v2a,mean}_map`` (and ``drop<pct>_cca_...`` after the post-hoc CCA).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from hscmae.cca import LinearCCA, fit_cca_path
-from hscmae.data import ClipArrays, seconds_dropped
+from hscmae.data import ClipArrays
 from hscmae.metrics import DEFAULT_KS, DEFAULT_RECALL_LEVELS, RetrievalMetrics, retrieval_metrics
+from hscmae.model import seconds_dropped
 from pipeline.vocab import DIRECTIONS
 
 POSTHOC_PREFIX = "cca_"
@@ -65,6 +69,12 @@ def _add(out: Evaluation, found: dict[str, RetrievalMetrics], prefix: str) -> No
         out.metrics[f"{prefix}mean_{name}"] = float(np.mean([out.metrics[f"{prefix}{d}_{name}"] for d in DIRECTIONS]))
 
 
+def candidate_ridges(chosen: float | None) -> tuple[float, ...]:
+    """The ridges a linear CCA is selected from: ``chosen`` (``MethodConfig.cca_ridge``) alone, else
+    :data:`CCA_RIDGES`."""
+    return CCA_RIDGES if chosen is None else (chosen,)
+
+
 def select_cca(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], val_labels: np.ndarray, *,
                k: int, ridges: Sequence[float] = CCA_RIDGES) -> tuple[LinearCCA, list[dict[str, float]]]:
     """Fit CCA on ``train = (audio [Nt, Da], visual [Nt, Dv])`` per ridge; keep the best mean mAP on ``val``.
@@ -94,7 +104,7 @@ def evaluate(audio: np.ndarray, visual: np.ndarray, labels: np.ndarray, *, posth
 
 
 def drop_seconds(data: ClipArrays, fraction: float, *, seed: int = PARTIAL_SEED) -> ClipArrays:
-    """``data`` with :func:`hscmae.data.seconds_dropped` of each clip's valid seconds turned off, per modality.
+    """``data`` with :func:`hscmae.model.seconds_dropped` of each clip's valid seconds turned off, per modality.
 
     At least one second of every clip stays valid. Which seconds go is a seeded uniform draw,
     independent per clip and modality; features are untouched (only the ``[N, T]`` masks change).
@@ -114,16 +124,40 @@ def drop_seconds(data: ClipArrays, fraction: float, *, seed: int = PARTIAL_SEED)
     return replace(data, **masks)
 
 
-def evaluate_partial(embedder: Embedder, test: ClipArrays, *, posthoc: LinearCCA | None = None,
-                     drops: Sequence[float] = PARTIAL_DROPS) -> dict[str, float]:
-    """mAP of ``test`` re-embedded by ``embedder`` (clips -> ``(audio [N, L], visual [N, L])``) with seconds dropped.
+def drop_entries(data: ClipArrays, fraction: float, *, fill: Mapping[str, np.ndarray], modalities: Sequence[str],
+                 seed: int = PARTIAL_SEED) -> ClipArrays:
+    """``data`` with :func:`hscmae.model.seconds_dropped` of each clip's ``D`` entries set to ``fill[m]`` (``[D]``),
+    for each modality in ``modalities`` (clip-level ones: features ``[N, 1, D]``).
+
+    ``fill``: the training mean of each modality's pooled features, which is what a masked entry is in
+    training (0 after standardisation). Which entries go is a seeded uniform draw, independent per clip
+    and modality.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    rng = np.random.default_rng([seed, round(fraction * 1000), 1])
+    changed = {}
+    for m in modalities:
+        x = data.features(m)
+        count = int(seconds_dropped(np.int64(x.shape[2]), fraction))
+        rank = np.argsort(np.argsort(rng.random((len(x), x.shape[2])), axis=1), axis=1)
+        changed[m] = np.where((rank < count)[:, None, :], np.asarray(fill[m], dtype=x.dtype), x)
+    return replace(data, **changed) if changed else data
+
+
+def evaluate_partial(embedder: Embedder, test: ClipArrays, *, fill: Mapping[str, np.ndarray],
+                     posthoc: LinearCCA | None = None, drops: Sequence[float] = PARTIAL_DROPS) -> dict[str, float]:
+    """mAP of ``test`` re-embedded by ``embedder`` (clips -> ``(audio [N, L], visual [N, L])``) partially observed:
+    seconds dropped (:func:`drop_seconds`), and entries of the clip-level modalities
+    (``test.clip_level_modalities``) set to ``fill`` (the training means ``[D]``, :func:`drop_entries`).
 
     Returns ``{"drop30_a2v_map": ..., "drop30_mean_map": ..., "drop30_cca_mean_map": ...}`` per fraction
     (the ``cca_`` entries only with ``posthoc``).
     """
     out: dict[str, float] = {}
     for fraction in drops:
-        found = evaluate(*embedder(drop_seconds(test, fraction)), test.label_id, posthoc=posthoc, ks=(),
-                         recall_levels=())
+        partial = drop_entries(drop_seconds(test, fraction), fraction, fill=fill,
+                               modalities=test.clip_level_modalities)
+        found = evaluate(*embedder(partial), test.label_id, posthoc=posthoc, ks=(), recall_levels=())
         out.update({f"drop{round(fraction * 100)}_{name}": value for name, value in found.metrics.items()})
     return out

@@ -3,15 +3,14 @@
 - Global: deep CCA (Andrew et al. 2013). Minus the *mean* of the top-k canonical correlations of
   the two clean-input embeddings (in [-1, 0], so on the scale of the other terms whatever the latent
   size; the authors' code also divides by the output size), from ridge-regularised covariances in
-  float64 (ridge relative to the mean variance, as in :mod:`hscmae.cca`). Whitening uses Cholesky
-  factors and the correlations are singular values, whose gradient ``U_k V_k^T`` needs no
-  eigenvalue gaps, so rank-deficient batches (fewer rows than dims, repeated rows) stay finite.
+  float64 (:func:`hscmae.cca.canonical_correlations`: ridge relative to the mean variance).
 - Local: affinity-weighted multi-positive InfoNCE. Plain symmetric InfoNCE uses a one-hot target:
   the only positive of audio ``i`` is visual ``i`` (and back). Here the EMA teacher's in-batch cosine
-  affinities of the clean clips, in its canonical space (:func:`teacher_canonical`), pick, for each clip, its ``topk`` nearest other clips as extra
-  positives, weighted by a softmax at ``teacher_temperature``; the own pair keeps weight
-  ``self_weight``; the target row is renormalised to sum to 1. Semantically close clips are thus no
-  longer pushed apart as negatives. ``topk=0`` gives back plain InfoNCE exactly.
+  affinities of the clean clips, in its canonical space (:func:`hscmae.model.teacher_space`), pick,
+  for each clip, its ``topk`` nearest other clips as extra positives, weighted by a softmax at
+  ``teacher_temperature``; the own pair keeps weight ``self_weight``; the target row is renormalised
+  to sum to 1. Semantically close clips are thus no longer pushed apart as negatives. ``topk=0``
+  gives back plain InfoNCE exactly.
 - Sample: masked reconstruction, mean squared error on the masked entries (or the full vector).
 - Distillation (optional): ``1 - cosine`` between the student's latents and the teacher's canonical
   variates, both through the teacher's in-batch canonical map.
@@ -26,33 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hscmae.cca import fit_cca_tensors
-
-
-def _whitened_cross_covariance(h1: Tensor, h2: Tensor, *, ridge: float) -> Tensor:
-    """``T = L1^-1 S12 L2^-T`` (float64), ``L1, L2`` the Cholesky factors of the ridge covariances."""
-    h1, h2 = h1.double(), h2.double()
-    denom = max(h1.shape[0] - 1, 1)
-    h1 = h1 - h1.mean(dim=0)
-    h2 = h2 - h2.mean(dim=0)
-    s11, s22 = h1.T @ h1 / denom, h2.T @ h2 / denom
-    # ridge relative to each side's mean variance, as in hscmae.cca
-    s11 = s11 + ridge * torch.diagonal(s11).mean() * torch.eye(h1.shape[1], dtype=h1.dtype, device=h1.device)
-    s22 = s22 + ridge * torch.diagonal(s22).mean() * torch.eye(h2.shape[1], dtype=h2.dtype, device=h2.device)
-    s12 = h1.T @ h2 / denom
-    # Any whitening works: T's singular values (the canonical correlations) do not depend on it.
-    l1 = torch.linalg.cholesky(s11)
-    l2 = torch.linalg.cholesky(s22)
-    left = torch.linalg.solve_triangular(l1, s12, upper=False)
-    return torch.linalg.solve_triangular(l2, left.T, upper=False).T
-
-
-def canonical_correlations(h1: Tensor, h2: Tensor, *, ridge: float) -> Tensor:
-    """Canonical correlations of ``h1: [B, L1]`` and ``h2: [B, L2]``, descending, float64 ``[min(L1, L2)]``.
-
-    Covariances are centred, divided by ``B - 1`` and get ``ridge * (mean variance) * I`` added.
-    """
-    return torch.linalg.svdvals(_whitened_cross_covariance(h1, h2, ridge=ridge))
+from hscmae.cca import canonical_correlations
 
 
 def cca_loss(h1: Tensor, h2: Tensor, *, k: int | None, ridge: float) -> Tensor:
@@ -69,37 +42,6 @@ def forced_unit_correlations(batch: int, latent: int) -> int:
     """
     rank = min(latent, batch - 1)
     return max(0, 2 * rank - (batch - 1))
-
-
-class CanonicalMap:
-    """``z[m]: [B, L] -> (z[m] - mean[m]) @ matrix[m]: [B, K]``, differentiable in ``z``."""
-
-    def __init__(self, mean: Mapping[str, Tensor], matrix: Mapping[str, Tensor]) -> None:
-        self.mean, self.matrix = dict(mean), dict(matrix)
-
-    @classmethod
-    def from_cca(cls, fitted: Mapping[str, Tensor], *, dtype: torch.dtype) -> CanonicalMap:
-        """A fit's centring and correlation-scaled projections (audio: x, visual: y), from
-        :func:`hscmae.cca.fit_cca_tensors`, as ``dtype`` tensors on the fit's device."""
-        return cls({"audio": fitted["mean_x"].to(dtype), "visual": fitted["mean_y"].to(dtype)},
-                   {"audio": (fitted["proj_x"] * fitted["correlations"]).to(dtype),
-                    "visual": (fitted["proj_y"] * fitted["correlations"]).to(dtype)})
-
-    def __call__(self, z: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        return {m: (z[m] - self.mean[m]) @ self.matrix[m] for m in self.mean}
-
-
-@torch.no_grad()
-def teacher_canonical(teacher: Mapping[str, Tensor], *, ridge: float) -> tuple[dict[str, Tensor], CanonicalMap]:
-    """The teacher's canonical space on this batch: linear CCA of its latents ``teacher[m]: [B, L]``.
-
-    Returns the canonical variates ``[B, K]`` (``K = min(L, B - 1)``, each scaled by its canonical
-    correlation, as in evaluation) and the map that produced them, to apply to student latents.
-    """
-    audio, visual = teacher["audio"], teacher["visual"]
-    k = min(audio.shape[1], visual.shape[1], len(audio) - 1)
-    cmap = CanonicalMap.from_cca(fit_cca_tensors(audio, visual, k=k, ridges=[ridge])[0], dtype=audio.dtype)
-    return cmap(teacher), cmap
 
 
 def soft_targets(teacher: Mapping[str, Tensor], *, topk: int, temperature: float,

@@ -5,12 +5,14 @@ its label equals the query's. Tied scores are one threshold, as in scikit-learn'
 ``average_precision_score``: every item of a tie group gets the precision measured at the
 end of the group, so the result does not depend on how ties happen to be ordered.
 
-How it is computed (one values-only sort of the score matrix, little else): the precision at the end of
-relevant item ``i``'s tie group is ``#relevant with score >= s_i / #items with score >= s_i``.
-Each query row is sorted once (ascending); the relevant scores of the row (a small
-``[m, R]`` block, queries grouped by label) are sorted too, and both counts are binary
-searches (``searchsorted``) of the relevant scores in the two sorted rows. Ties come out
-exact without any per-position bookkeeping. Scores are float32 cosines; gallery rows that are
+How it is computed (one values-only sort of each score row, one binary search per relevant item,
+little else): the precision at the end of relevant item ``i``'s tie group is
+``#relevant with score >= s_i / #items with score >= s_i``. Each query row is sorted once
+(ascending, in place); the relevant scores of the row (a small ``[m, R]`` block, queries grouped
+by label) are sorted too. The count of items is a binary search (``searchsorted``) of each
+relevant score in the sorted row; the count of relevant items is ``R`` minus its rank among
+them, searched for only in rows where two relevant scores tie. Ties come out exact without
+any per-position bookkeeping. Scores are float32 cosines; gallery rows that are
 equal are scored once and copied (a matrix product can give equal vectors at different
 positions results that differ in the last bit), so equal embeddings tie exactly.
 
@@ -20,9 +22,11 @@ are left out of every mean (mAP, P@k, the PR curve), counted in
 the count; if no query has a relevant item it raises ``ValueError``.
 
 Work is vectorised over queries and chunked: a chunk of ``c`` queries against ``G`` gallery
-items holds about ``BYTES_PER_PAIR * c * G`` bytes (float32 scores, their sorted copy, and
-the copy of scores that equal gallery rows need), and ``c`` is chosen so this stays under
-``max_chunk_bytes`` (256 MiB by default: 167 queries per chunk for a 100k gallery).
+items holds about ``BYTES_PER_PAIR * c * G`` bytes (float32 scores, sorted where they lie, or
+beside a sorted copy when precision at k needs them in gallery order; the copy of scores that
+equal gallery rows need; the relevant block), and ``c`` is chosen so this stays under
+``max_chunk_bytes`` (16 MiB by default: 186 queries per chunk for a 5,621-clip gallery, 10 for
+100k). Small chunks keep a chunk's scores in the CPU cache from the product to the sort.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import numpy as np
 import torch
 
 BYTES_PER_PAIR = 16
-DEFAULT_CHUNK_BYTES = 256 * 2**20
+DEFAULT_CHUNK_BYTES = 16 * 2**20
 DEFAULT_KS = (1, 5, 10)
 DEFAULT_RECALL_LEVELS = np.linspace(0.0, 1.0, 101)
 
@@ -98,15 +102,49 @@ def _labels(x: Array, name: str, n: int, device: torch.device) -> torch.Tensor:
     return t.long()
 
 
-def _sorted_rows(x: torch.Tensor) -> torch.Tensor:
-    """Each row of ``x [m, n]`` sorted ascending (values only).
+def _sorted_rows(x: torch.Tensor, *, overwrite: bool = False) -> torch.Tensor:
+    """Each row of ``x [m, n]`` sorted ascending (values only); ``overwrite``: ``x`` may hold the result.
 
-    On the CPU this is NumPy's sort, which uses SIMD sorting networks where the CPU has them
-    and is many times faster than ``torch.sort`` (which also produces indices); elsewhere ``torch.sort``.
+    On the CPU this is NumPy's sort (in place when ``overwrite``), which uses SIMD sorting networks
+    where the CPU has them and is many times faster than ``torch.sort`` (which also produces indices);
+    elsewhere ``torch.sort``.
     """
-    if x.device.type == "cpu":
-        return torch.from_numpy(np.sort(x.numpy(), axis=1))
-    return torch.sort(x, dim=1).values
+    if x.device.type != "cpu":
+        return torch.sort(x, dim=1).values
+    if overwrite:
+        x.numpy().sort(axis=1)  # the array shares x's memory
+        return x
+    return torch.from_numpy(np.sort(x.numpy(), axis=1))
+
+
+def _above(asc: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """``[m, K]`` int64: how many values of each row of ``asc [m, n]`` (ascending) are >= each of ``keys [m, K]``.
+
+    ``n - torch.searchsorted(asc, keys, side="left")``; on the CPU NumPy's search row by row, which is
+    faster on ascending keys and runs on one thread (no thread-pool hand-offs).
+    """
+    if asc.device.type != "cpu":
+        return asc.shape[1] - torch.searchsorted(asc, keys, side="left")
+    values, wanted = asc.numpy(), keys.numpy()
+    out = np.empty(wanted.shape, dtype=np.int64)
+    for row, (sorted_values, row_keys) in enumerate(zip(values, wanted)):
+        out[row] = sorted_values.searchsorted(row_keys, side="left")
+    return torch.from_numpy(np.subtract(values.shape[1], out, out=out))
+
+
+def _hits(rel_asc: torch.Tensor, count: int | torch.Tensor) -> torch.Tensor:
+    """``[m, R]`` float64: how many of a row's ``count`` relevant scores are >= each of ``rel_asc [m, R]`` (ascending).
+
+    That is ``count - searchsorted(rel_asc, rel_asc, side="left")``; only the rows that hold a tie are searched,
+    in the others the j-th score has ``count - j`` (one row of values, expanded, when ``count`` is an int).
+    """
+    hits = (count - torch.arange(rel_asc.shape[1], dtype=torch.float64, device=rel_asc.device)).expand(rel_asc.shape)
+    tied = (rel_asc[:, 1:] == rel_asc[:, :-1]).any(dim=1).nonzero()[:, 0]
+    if len(tied):
+        count = count if isinstance(count, int) else count[tied]
+        hits = hits.clone()
+        hits[tied] = (count - torch.searchsorted(rel_asc[tied], rel_asc[tied], side="left")).double()
+    return hits
 
 
 def _tie_ranks(asc: torch.Tensor, rel_asc: torch.Tensor, n_rel: torch.Tensor | None = None
@@ -121,8 +159,8 @@ def _tie_ranks(asc: torch.Tensor, rel_asc: torch.Tensor, n_rel: torch.Tensor | N
     (hits over the items with a score >= each one's), both float64 and 0 on padding.
     """
     count = rel_asc.shape[1] if n_rel is None else n_rel[:, None]
-    hits = (count - torch.searchsorted(rel_asc, rel_asc, side="left")).double()
-    precision = hits / (asc.shape[1] - torch.searchsorted(asc, rel_asc, side="left"))
+    hits = _hits(rel_asc, count)
+    precision = hits / _above(asc, rel_asc)
     if n_rel is not None:
         real = torch.arange(rel_asc.shape[1], device=asc.device) < n_rel[:, None]
         hits, precision = hits * real, torch.where(real, precision, 0.0)
@@ -216,11 +254,11 @@ def retrieval_metrics(queries: Array, gallery: Array, query_labels: Array, galle
     ap = torch.full((len(q),), torch.nan, dtype=torch.float64, device=dev)
     p_at_k = torch.zeros(len(q), len(ks), dtype=torch.float64, device=dev)
     curve = torch.zeros(len(q), len(levels), dtype=torch.float64, device=dev)
+    buffer = torch.empty(min(step, len(q)), len(unique), device=dev)  # every chunk's scores, written in place
     for start in range(0, len(q), step):
         rows = order[start:start + step]
-        scores = q[rows] @ unique.T
+        scores = torch.mm(q[rows], unique.T, out=buffer[:len(rows)])
         scores = scores if inverse is None else scores[:, inverse]
-        asc = _sorted_rows(scores)
         labels, counts = torch.unique_consecutive(ql[rows], return_counts=True)
         first = 0
         for label, count in zip(labels.tolist(), counts.tolist()):
@@ -230,13 +268,15 @@ def retrieval_metrics(queries: Array, gallery: Array, query_labels: Array, galle
             n_rel = len(cols)
             if n_rel == 0:
                 continue
-            rel_asc = _sorted_rows(scores[run].index_select(1, cols))
-            hits, precision = _tie_ranks(asc[run], rel_asc)
+            rel_asc = _sorted_rows(scores[run].index_select(1, cols), overwrite=True)
+            # the run's scores are sorted where they lie, unless precision at k needs them in gallery order
+            asc = _sorted_rows(scores[run], overwrite=not ks)
+            hits, precision = _tie_ranks(asc, rel_asc)
             ap[rows[run]] = precision.sum(dim=1) / n_rel
             if len(levels):
                 curve[rows[run]] = _curve(hits, precision, n_rel, levels)
             if ks:
-                p_at_k[rows[run]] = _precision_at_k(scores[run], asc[run], rel_asc, relevant_cols, ks)
+                p_at_k[rows[run]] = _precision_at_k(scores[run], asc, rel_asc, relevant_cols, ks)
     ap, p_at_k, curve = ap.cpu().numpy(), p_at_k.cpu().numpy(), curve.cpu().numpy()
     valid = ~np.isnan(ap)
     if not valid.any():

@@ -1,8 +1,10 @@
 """Results tables (Markdown, CSV) and plots (PNG) of an experiment.
 
 Every table carries what the numbers stand on: the data (name, clips per split), the weights
-behind the features (random weights and generated features are called out), the number of
-seeds and the model-selection rule, and marks which differences are within seed noise: per
+behind the features (random weights and generated features are called out), the input level
+(per-second or clip-level features, and so what the sample level masks and the partial-observation
+columns drop), the number of seeds, the model-selection rule with the training budget and early
+stopping, whether the methods were tuned, and marks which differences are within seed noise: per
 column the best mean is in bold, and ``≈`` marks each method whose mean is within one standard
 deviation of it (best − mean ≤ the larger of the two sample stds over seeds).
 """
@@ -22,13 +24,14 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hscmae.config import LOSS_TERMS  # noqa: E402
+from hscmae.config import LOSS_TERMS, ExperimentConfig  # noqa: E402
 from hscmae.synthetic import is_synthetic  # noqa: E402
 from pipeline.features.shards import uses_random_weights, weights_summary  # noqa: E402
-from pipeline.vocab import SPLITS
+from pipeline.vocab import MODALITIES, SPLITS  # noqa: E402
 
 SELECTION_RULE = ("model selection: the epoch (linear CCA: the ridge) with the best mean mAP on val; "
                   "test is evaluated once, on the selected model")
+NO_TUNING = "tuning: none (each method's default recipe)"
 TABLE_COLUMNS = (
     ("a2v_map", "A→V mAP"), ("v2a_map", "V→A mAP"), ("mean_map", "mean mAP"),
     ("cca_a2v_map", "A→V mAP +CCA"), ("cca_v2a_map", "V→A mAP +CCA"), ("cca_mean_map", "mean mAP +CCA"),
@@ -39,8 +42,16 @@ TABLE_COLUMNS = (
 BEST, WITHIN_NOISE = "best", "within_std"
 NOISE_LEGEND = ("**bold**: best mean in the column; ≈: within one standard deviation of the best "
                 "(best − mean ≤ the larger of the two sample stds over seeds), i.e. not told apart from it by "
-                "these seeds; with one seed only exact ties are marked. \"30 % s dropped\": each test clip re-embedded "
-                "with 30 % of its valid seconds turned off, per modality (at least one kept)")
+                "these seeds; with one seed only exact ties are marked. ")
+# What the partial-observation columns drop, by input level (see hscmae.evaluate.evaluate_partial)
+DROPPED = {"per-second": ("s", "\"30 % s dropped\": each test clip re-embedded with 30 % of its valid seconds "
+                                "turned off, per modality (at least one kept)"),
+           "clip-level": ("entries", "\"30 % entries dropped\": each test clip re-embedded with 30 % of the entries "
+                                     "of its vector set to the training mean, per modality (clip-level features have "
+                                     "no seconds to drop)"),
+           "mixed": ("", "\"30 % dropped\": each test clip re-embedded with 30 % of its valid seconds turned off "
+                         "(per-second modalities) or of the entries of its vector set to the training mean "
+                         "(clip-level modalities)")}
 
 
 def describe_weights(meta: Mapping[str, Any]) -> str:
@@ -53,11 +64,56 @@ def describe_weights(meta: Mapping[str, Any]) -> str:
     return text
 
 
-def data_info(meta: Mapping[str, Any], counts: Mapping[str, int], source: str, seeds: Sequence[int]) -> dict[str, Any]:
-    """The facts every table states: dataset, clips per split, weights, seeds."""
+def data_info(meta: Mapping[str, Any], counts: Mapping[str, int], source: str, seeds: Sequence[int], *,
+              clip_level: Sequence[str]) -> dict[str, Any]:
+    """The facts every table states: dataset, clips per split, weights, seeds, and the modalities whose
+    features are clip-level (``clip_level``: one second in every training clip; see :func:`input_level`)."""
     return {"dataset": str(meta.get("dataset", Path(source).name)), "source": source,
             "clips": {s: int(counts.get(s, 0)) for s in SPLITS}, "weights": describe_weights(meta),
-            "random_weights": uses_random_weights(meta), "synthetic": is_synthetic(meta), "seeds": list(seeds)}
+            "random_weights": uses_random_weights(meta), "synthetic": is_synthetic(meta), "seeds": list(seeds),
+            "clip_level": list(clip_level)}
+
+
+def input_level(info: Mapping[str, Any]) -> str:
+    """``"per-second"``, ``"clip-level"`` (every modality one vector per clip) or ``"mixed"``."""
+    found = set(info["clip_level"])
+    return "clip-level" if found == set(MODALITIES) else "mixed" if found else "per-second"
+
+
+def input_line(info: Mapping[str, Any]) -> str:
+    """The header line on the input level: what ``mask_mode="auto"`` masks and what the dropped columns drop."""
+    level = input_level(info)
+    if level == "per-second":
+        return ("input: per-second features; the sample level (mask_mode auto → time) drops whole seconds from "
+                "the pooled mean, the \"% s dropped\" columns drop test seconds")
+    which = "every modality" if level == "clip-level" else " and ".join(info["clip_level"])
+    return (f"input: clip-level features in {which} (one vector per clip, T = 1); the sample level "
+            "(mask_mode auto → element) masks entries of the pooled vector, the \"% dropped\" columns "
+            "set test entries to the training mean")
+
+
+def tuning_line(config: ExperimentConfig) -> str:
+    """``tuning: none ...`` or ``tuning: tuned on val: N trials per method (Optuna study in <storage>)``."""
+    note = config.tuning
+    if note is None:
+        return NO_TUNING
+    return (f"tuning: tuned on val: {note.trials_per_method} trials per method "
+            f"(Optuna study in {note.storage})")
+
+
+def training_line(config: ExperimentConfig) -> str | None:
+    """The trainable methods' budget and early stopping, when they share it (else where to find it); ``None``
+    without trainable methods."""
+    budgets = {(m.train.epochs, m.train.patience) for m in map(config.method_config, config.methods)
+               if m.kind == "trainable"}
+    if not budgets:
+        return None
+    if len(budgets) > 1:
+        return "training: epochs and early-stopping patience differ per method (config.json)"
+    epochs, patience = budgets.pop()
+    stopping = (f"stops early after {patience} epochs without a better val mAP" if patience < epochs
+                else "no early stopping (patience ≥ epochs)")
+    return f"training: at most {epochs} epochs, {stopping}"
 
 
 def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
@@ -71,12 +127,17 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str
             for method, metrics in grouped.items()}
 
 
-def header_lines(info: Mapping[str, Any]) -> list[str]:
+def header_lines(info: Mapping[str, Any], config: ExperimentConfig | None = None) -> list[str]:
+    """What a results table stands on, one fact per line: data, features, input level, seeds, selection, and
+    with the experiment's ``config`` the training budget and whether the methods were tuned."""
     clips = ", ".join(f"{s} {n}" for s, n in info["clips"].items())
-    return [f"data: {info['dataset']} ({clips} clips; source {info['source']})",
-            f"features: {info['weights']}",
-            f"seeds: {len(info['seeds'])} ({', '.join(map(str, info['seeds']))}); values are mean ± sample std over seeds",
-            SELECTION_RULE]
+    lines = [f"data: {info['dataset']} ({clips} clips; source {info['source']})",
+             f"features: {info['weights']}", input_line(info),
+             f"seeds: {len(info['seeds'])} ({', '.join(map(str, info['seeds']))}); values are mean ± sample std over "
+             "seeds", SELECTION_RULE]
+    if config is not None:
+        lines += [line for line in (training_line(config), tuning_line(config)) if line is not None]
+    return lines
 
 
 def noise_marks(summary: Mapping[str, Mapping[str, Mapping[str, float]]], metric: str) -> dict[str, str]:
@@ -104,16 +165,19 @@ def _cell(stats: Mapping[str, float] | None, mark: str = "") -> str:
     return f"**{text}**" if mark == BEST else f"{text} ≈" if mark == WITHIN_NOISE else text
 
 
-def markdown_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]], info: Mapping[str, Any]) -> str:
-    """The results table with its header and noise legend; P@k is the mean of the a2v and v2a values."""
+def markdown_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]], info: Mapping[str, Any],
+                   config: ExperimentConfig | None = None) -> str:
+    """The results table with its header (:func:`header_lines`) and legend; P@k is the mean of the a2v and v2a
+    values; the partial-observation columns say what they drop (seconds or entries, by input level)."""
     marks = {key: noise_marks(summary, key) for key, _ in TABLE_COLUMNS}
-    lines = [f"> {line}  " for line in header_lines(info)]
-    lines += ["", "| method | " + " | ".join(title for _, title in TABLE_COLUMNS) + " |",
-              "|---|" + "---:|" * len(TABLE_COLUMNS)]
+    unit, legend = DROPPED[input_level(info)]
+    titles = [title.replace(" s dropped", f" {unit} dropped" if unit else " dropped") for _, title in TABLE_COLUMNS]
+    lines = [f"> {line}  " for line in header_lines(info, config)]
+    lines += ["", "| method | " + " | ".join(titles) + " |", "|---|" + "---:|" * len(TABLE_COLUMNS)]
     for method, stats in summary.items():
         cells = (_cell(stats.get(key), marks[key].get(method, "")) for key, _ in TABLE_COLUMNS)
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines += ["", NOISE_LEGEND]
+    lines += ["", NOISE_LEGEND + legend]
     return "\n".join(lines) + "\n"
 
 

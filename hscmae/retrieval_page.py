@@ -19,21 +19,20 @@ import html
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from hscmae.checkpoint import checkpoint_dir
+from hscmae.config import MethodConfig
+from hscmae.data import ClipArrays
 from hscmae.embeddings import load_embedder
 from hscmae.metrics import retrieval_metrics
 from hscmae.search import Index, unit_rows
 from pipeline.io.atomic import atomic_path
 from pipeline.features.shards import shard_paths
 from pipeline.vocab import DIRECTIONS
-
-if TYPE_CHECKING:  # hscmae.experiment imports this module
-    from hscmae.experiment import ExperimentConfig, MethodResult, PreparedData
 
 PAGE = "retrieval.html"
 MEDIA_DIR = "retrieval"
@@ -154,24 +153,28 @@ def _previews(run_dir: Path, clip_ids: set[str], sources: dict[str, tuple[str, f
     return out
 
 
-def write_retrieval_page(run_dir: str | Path, results: Sequence[MethodResult], data: PreparedData,
-                         config: ExperimentConfig) -> Path:
+def shown_run(runs: Sequence[tuple[str, int]]) -> tuple[str, int]:
+    """The ``(method, seed)`` the page shows among a run's ``(method, seed)`` pairs: ``hscmae`` when the run
+    has it, else the first method, with its lowest seed."""
+    methods = [m for m, _ in runs]
+    method = "hscmae" if "hscmae" in methods else methods[0]
+    return method, min(s for m, s in runs if m == method)
+
+
+def write_retrieval_page(run_dir: str | Path, test: ClipArrays, info: dict[str, Any], *, method: MethodConfig,
+                         seed: int) -> Path:
     """Write ``run_dir/retrieval.html`` (and its thumbnails, sounds and map) for a finished experiment.
 
     Args:
-        results: the runs' ``MethodResult`` list; data: the ``PreparedData`` (its ``test`` split is shown);
-        config: the ``ExperimentConfig`` (the shown method's resolved config).
-        The shards named in ``data.info["source"]`` give label names and, for videos, the manifest.
+        test: the test clips shown; info: what the tables say about the data (``hscmae.report.data_info``):
+            the shards named in ``info["source"]`` give label names and, for videos, the manifest.
+        method, seed: the resolved config and seed of the run shown (see :func:`shown_run`); its selected
+            model is read from ``run_dir``'s checkpoints.
     """
     run_dir = Path(run_dir)
-    methods = [r.method for r in results]
-    method = "hscmae" if "hscmae" in methods else methods[0]
-    seed = min(r.seed for r in results if r.method == method)
-    test = data.test
-    embedder = load_embedder(config.method_config(method), checkpoint_dir(run_dir, method, seed), test.dims,
-                             seed=seed)
+    embedder = load_embedder(method, checkpoint_dir(run_dir, method.name, seed), test.dims, seed=seed)
     audio, visual = embedder.embed(test)
-    shards = data.info["source"]  # the feature shards the data came from
+    shards = info["source"]  # the feature shards the data came from
     names = label_names(shards)
     ids = np.asarray(test.clip_id, dtype=object)
     labels = np.array([names.get(c, str(i)) for c, i in zip(ids, test.label_id)], dtype=object)
@@ -188,9 +191,9 @@ def write_retrieval_page(run_dir: str | Path, results: Sequence[MethodResult], d
     wanted = set(ids[rows]) | {ids[i] for r, _ in found.values() for i in r.index.reshape(-1)}
     media = _previews(run_dir, {str(c) for c in wanted}, media_sources(shards))
     sample = np.sort(rng.choice(len(ids), size=min(MAP_POINTS, len(ids)), replace=False))
-    title = f"test embeddings of {method} seed {seed} ({len(sample)} of {len(ids)} clips)"
+    title = f"test embeddings of {method.name} seed {seed} ({len(sample)} of {len(ids)} clips)"
     reducer = embedding_map(audio[sample], visual[sample], labels[sample], run_dir / MAP_PLOT, title)
-    page = _html(method, seed, data.info, found, index, rows, media, reducer)
+    page = _html(method.name, seed, info, found, index, rows, media, reducer)
     with atomic_path(run_dir / PAGE) as tmp:
         tmp.write_text(page)
     return run_dir / PAGE

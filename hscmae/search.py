@@ -6,10 +6,17 @@
 ``Index.load(EMB_DIR).search(vectors, k, direction)`` ranks a gallery by cosine similarity:
 ``"a2v"`` takes audio query vectors and ranks the clips' visual embeddings, ``"v2a"`` the reverse.
 
-Exact search is chunked over the gallery: a chunk of ``c`` gallery clips against ``Q`` queries holds
-about ``(BYTES_PER_PAIR * Q + 8 * L) * c`` bytes (float64 scores and selection bookkeeping, the chunk's
-unit vectors in float64), and ``c`` keeps that under ``max_chunk_bytes`` (64 MiB by default); the index
-itself holds the raw float32 vectors (``N * L * 4`` bytes per modality).
+The index normalises each gallery once, when it is built, and keeps the unit vectors in float32 beside
+the raw ones (``N * L * 4`` bytes each, per modality). Exact search is two steps per block of queries and
+gallery clips. First one float32 matrix product over the unit gallery and a partial selection find, for each
+query, the clips whose float32 score is within :func:`float32_margin` of its k-th best float32 score: this
+set provably holds the exact top k. Then only those candidates are scored again in float64 from the raw
+vectors, and ranked. A block of ``c`` queries and ``m`` gallery clips holds about ``BYTES_PER_PAIR * c * m``
+bytes (float32 scores, their partitioned copy, the candidate mask), and ``c`` and ``m`` keep that under
+``max_chunk_bytes`` (64 MiB by default; ``m`` is the whole gallery unless one query's scores do not fit). The
+float64 step works on the candidates only: a few clips per query, unless many clips score within float32
+rounding of the k-th (then up to about ``(64 * c + 8 * L) * m`` bytes more: float64 scores, the selection's
+bookkeeping, the candidates' float64 unit vectors).
 Scores are cosines in float64 rounded to multiples of :data:`SCORE_GRID` (2^-36), so cosines that are
 equal up to floating-point error (a scaled copy of a clip, say) are exact ties. Ties are broken by gallery row:
 among equal scores the clip that comes first in the index (shards sorted by name, rows in file order)
@@ -34,7 +41,7 @@ import numpy as np
 from pipeline.io.errors import UserError, add_debug_argument, named_errors, require_positive, user_errors
 from pipeline.vocab import DIRECTIONS
 
-BYTES_PER_PAIR = 24
+BYTES_PER_PAIR = 12
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 SCORE_GRID = 2.0**-36  # cosines are rounded to this grid, so near-equal ones tie exactly
 
@@ -60,6 +67,18 @@ def unit_rows(x: np.ndarray, name: str) -> np.ndarray:
     return x
 
 
+def float32_margin(dim: int) -> float:
+    """How far below a query's k-th best float32 score a clip may score and still be in its exact top k.
+
+    For ``dim``-d unit vectors rounded to float32, a float32 dot product (any summation order) is within
+    ``(dim + 2) * 2^-24`` of their float64 cosine: ``2 * 2^-24`` from rounding both vectors, ``dim * 2^-24``
+    from the additions, each relative to the sum of ``|products|``, which is at most 1. A clip of the exact
+    top k can therefore score at most twice that below the k-th float32 score; the margin adds ``4 * 2^-24``
+    for the grid rounding, the float64 cosines and the float32 subtraction of the margin itself.
+    """
+    return (dim + 4) * 2.0**-23
+
+
 def select_top(score: np.ndarray, index: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the ``k`` best of ``score [Q, M]``: highest score first, ties by lower ``index [Q, M]``.
 
@@ -78,7 +97,11 @@ def select_top(score: np.ndarray, index: np.ndarray, k: int) -> tuple[np.ndarray
 
 @dataclass
 class Index:
-    """Clips searchable by either modality: ``audio``, ``visual``: ``[N, L]`` float32 (not normalised)."""
+    """Clips searchable by either modality: ``audio``, ``visual``: ``[N, L]`` float32 (not normalised).
+
+    Building the index checks every vector and keeps its float32 unit rows (``N * L * 4`` bytes per modality)
+    for the exact search's first step and for FAISS; the vectors are not to be changed afterwards.
+    """
 
     clip_id: np.ndarray
     label: np.ndarray
@@ -86,6 +109,7 @@ class Index:
     audio: np.ndarray
     visual: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    _unit: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)  # [N, L] float32 unit rows
     _faiss: dict[str, Any] = field(default_factory=dict, init=False, repr=False)  # built on first use
 
     def __post_init__(self) -> None:
@@ -93,8 +117,11 @@ class Index:
             vectors = getattr(self, m)
             if vectors.ndim != 2 or vectors.shape[0] != len(self.clip_id):
                 raise ValueError(f"{m}: expected [N={len(self.clip_id)}, L], got {vectors.shape}")
-            for start in range(0, len(vectors), 65536):  # validate without a second full copy
-                unit_rows(vectors[start:start + 65536], f"{m} embeddings (from row {start})")
+            unit = np.empty(vectors.shape, dtype=np.float32)
+            for start in range(0, len(vectors), 65536):  # validated and normalised without a full float64 copy
+                block = vectors[start:start + 65536]
+                unit[start:start + 65536] = unit_rows(block, f"{m} embeddings (from row {start})")
+            self._unit[m] = unit
         self._rows = {str(c): i for i, c in enumerate(self.clip_id)}
 
     def __len__(self) -> int:
@@ -117,7 +144,7 @@ class Index:
         return self._rows.get(clip_id)
 
     def vectors(self, modality: str) -> np.ndarray:
-        """``[N, L]`` embeddings of ``modality`` (``"audio"`` or ``"visual"``)."""
+        """``[N, L]`` embeddings of ``modality`` (``"audio"`` or ``"visual"``), as given (not normalised)."""
         return getattr(self, modality)
 
     def search(self, vectors: np.ndarray, k: int, direction: str, *, backend: str = "exact",
@@ -131,37 +158,50 @@ class Index:
         """
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {sorted(DIRECTIONS)}, got {direction!r}")
-        gallery = self.vectors(DIRECTIONS[direction][1])
+        modality = DIRECTIONS[direction][1]
+        gallery = self.vectors(modality)
         queries = unit_rows(np.atleast_2d(vectors), "queries")
         if queries.shape[1] != gallery.shape[1]:
             raise ValueError(f"queries have {queries.shape[1]} dims, the index {gallery.shape[1]}")
         if not 1 <= k <= len(gallery):
             raise ValueError(f"k must be in [1, {len(gallery)}] (the gallery size), got {k}")
         if backend == "faiss":
-            return self._search_faiss(queries, k, DIRECTIONS[direction][1])
+            return self._search_faiss(queries, k, modality)
         if backend != "exact":
             raise ValueError(f"backend must be 'exact' or 'faiss', got {backend!r}")
-        step = max(k, max_chunk_bytes // (BYTES_PER_PAIR * len(queries) + 8 * gallery.shape[1]))
-        best_index = np.empty((len(queries), 0), dtype=np.int64)
-        best_score = np.empty((len(queries), 0))
-        for start in range(0, len(gallery), step):
-            chunk = unit_rows(gallery[start:start + step], "gallery")
-            score = np.round(queries @ chunk.T / SCORE_GRID) * SCORE_GRID
-            cols = np.broadcast_to(np.arange(start, start + len(chunk)), score.shape)
-            found = select_top(score, cols, min(k, len(chunk)))
-            merged_index = np.concatenate([best_index, found[0]], axis=1)
-            merged_score = np.concatenate([best_score, found[1]], axis=1)
-            best_index, best_score = select_top(merged_score, merged_index, min(k, merged_score.shape[1]))
-            del chunk, score, cols  # freed before the next chunk is made: one chunk alive at a time
-        return SearchResult(index=best_index, score=best_score)
+        step = min(len(gallery), max(k, max_chunk_bytes // BYTES_PER_PAIR))  # gallery clips per chunk
+        batch = max(1, max_chunk_bytes // (BYTES_PER_PAIR * step))  # queries per block
+        found = [self._search_block(queries[start:start + batch], k, modality, step)
+                 for start in range(0, len(queries), batch)]
+        return SearchResult(index=np.concatenate([f[0] for f in found]), score=np.concatenate([f[1] for f in found]))
+
+    def _search_block(self, queries: np.ndarray, k: int, modality: str, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top ``k`` (``index, score [c, k]``) of unit ``queries [c, L]`` (float64), ``step`` clips at a time."""
+        found = [self._search_chunk(queries, k, modality, start, step) for start in range(0, len(self), step)]
+        if len(found) == 1:
+            return found[0]
+        scores, index = (np.concatenate([f[i] for f in found], axis=1) for i in (1, 0))
+        return select_top(scores, index, k)
+
+    def _search_chunk(self, queries: np.ndarray, k: int, modality: str, start: int, step: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top ``min(k, m)`` of unit ``queries [c, L]`` among the ``m`` gallery clips from row ``start``."""
+        raw = self.vectors(modality)[start:start + step]
+        # float32 scores pick the candidates: every clip within the margin of some query's k-th score
+        fast = queries.astype(np.float32) @ self._unit[modality][start:start + step].T
+        keep = min(k, len(raw))
+        kth = np.partition(fast, len(raw) - keep, axis=1)[:, len(raw) - keep]
+        cols = np.flatnonzero((fast >= (kth - float32_margin(raw.shape[1]))[:, None]).any(axis=0))
+        # float64 cosines of the candidates, from the raw vectors, rank them exactly
+        exact = np.round(queries @ unit_rows(raw[cols], "gallery").T / SCORE_GRID) * SCORE_GRID
+        return select_top(exact, np.broadcast_to(start + cols, exact.shape), keep)
 
     def _search_faiss(self, queries: np.ndarray, k: int, modality: str) -> SearchResult:
         import faiss  # optional: pip install faiss-cpu
 
         if modality not in self._faiss:
             flat = faiss.IndexFlatIP(self.vectors(modality).shape[1])
-            for start in range(0, len(self), 65536):
-                flat.add(unit_rows(self.vectors(modality)[start:start + 65536], "gallery").astype(np.float32))
+            flat.add(self._unit[modality])
             self._faiss[modality] = flat
         score, index = self._faiss[modality].search(queries.astype(np.float32), k)
         return SearchResult(index=index.astype(np.int64), score=score.astype(np.float64))

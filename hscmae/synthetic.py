@@ -25,10 +25,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
 
 from pipeline.features.shards import ClipFeatures, write_shard
 
@@ -42,48 +44,44 @@ DATASET = "synthetic"
 ACTIVATIONS = {"audio": np.tanh, "visual": lambda x: np.maximum(x, 0.0)}
 
 
-@dataclass
+@dataclass(config=ConfigDict(extra="forbid"))
 class SyntheticConfig:
     """Size and structure of the generated feature set (defaults: 3,000 clips of 10 s, 450 val, 450 test)."""
 
-    clips: int = 3000
-    classes: int = 10
-    seconds: int = 10
-    audio_dim: int = 128
-    visual_dim: int = 1024
-    signal_dim: int = 16
-    modes: int = 3
-    clip_spread: float = 0.5
-    second_jitter: float = 0.3
-    nuisance_dim: int = 8
-    nuisance: float = 1.0
-    hidden: int = 128
-    gain: float = 1.5
-    noise: float = 0.3
-    min_event_seconds: int = 3
-    two_event_fraction: float = 0.2
-    second_event_weight: float = 0.7
-    spurious_fraction: float = 0.15
-    missing_fraction: float = 0.3
-    min_valid_seconds: int = 4
-    test_fraction: float = 0.15
-    val_fraction: float = 0.15
-    seed: int = 0
+    clips: Annotated[int, Field(ge=1, description="clips generated (at least 4 per class)")] = 3000
+    classes: Annotated[int, Field(ge=2, description="classes")] = 10
+    seconds: Annotated[int, Field(ge=1, description="seconds per clip")] = 10
+    audio_dim: Annotated[int, Field(ge=1, description="audio features per second")] = 128
+    visual_dim: Annotated[int, Field(ge=1, description="visual features per second")] = 1024
+    signal_dim: Annotated[int, Field(ge=1, description="size of the semantic code shared by both modalities")] = 16
+    modes: Annotated[int, Field(ge=1, description="ways each class sounds and looks (modes)")] = 3
+    clip_spread: Annotated[float, Field(description="spread of a clip's code around its class mode")] = 0.5
+    second_jitter: Annotated[float, Field(description="per-second noise on the event's code")] = 0.3
+    nuisance_dim: Annotated[int, Field(description="size of each modality's own per-clip nuisance code")] = 8
+    nuisance: Annotated[float, Field(description="scale of the nuisance code")] = 1.0
+    hidden: Annotated[int, Field(ge=1, description="hidden width of each modality's generating network")] = 128
+    gain: Annotated[float, Field(description="gain of the generating networks' first layer")] = 1.5
+    noise: Annotated[float, Field(description="feature noise")] = 0.3
+    min_event_seconds: Annotated[int, Field(ge=1, description="shortest event (at most seconds)")] = 3
+    two_event_fraction: Annotated[float, Field(ge=0.0, lt=1.0, description="clips with a second event")] = 0.2
+    second_event_weight: Annotated[float, Field(description="strength of the second event")] = 0.7
+    spurious_fraction: Annotated[float, Field(ge=0.0, lt=1.0, description="clips whose picture shows the "
+                                                                          "partner class")] = 0.15
+    missing_fraction: Annotated[float, Field(ge=0.0, lt=1.0, description="clips whose tracks end early")] = 0.3
+    min_valid_seconds: Annotated[int, Field(ge=1, description="shortest track (at most seconds)")] = 4
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0, description="share of clips in test")] = 0.15
+    val_fraction: Annotated[float, Field(ge=0.0, lt=1.0, description="share of clips in val")] = 0.15
+    seed: Annotated[int, Field(ge=0, description="seed of the generator")] = 0
 
     def __post_init__(self) -> None:
-        if self.classes < 2 or self.clips < 4 * self.classes:
-            raise ValueError(f"need >= 2 classes and >= 4 clips per class, got {self.classes} classes, {self.clips} clips")
+        if self.clips < 4 * self.classes:
+            raise ValueError(f"need >= 4 clips per class, got {self.classes} classes, {self.clips} clips")
         for name in ("min_event_seconds", "min_valid_seconds"):
-            if not 1 <= getattr(self, name) <= self.seconds:
-                raise ValueError(f"{name} must be in [1, seconds={self.seconds}], got {getattr(self, name)}")
-        for name in ("modes", "signal_dim", "hidden", "audio_dim", "visual_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("two_event_fraction", "spurious_fraction", "missing_fraction", "val_fraction"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if not 0.0 < self.test_fraction < 1.0 or self.test_fraction + self.val_fraction >= 1.0:
-            raise ValueError(f"test_fraction ({self.test_fraction}) must be in (0, 1) and leave room for train")
+            if getattr(self, name) > self.seconds:
+                raise ValueError(f"{name} must be at most seconds={self.seconds}, got {getattr(self, name)}")
+        if self.test_fraction + self.val_fraction >= 1.0:
+            raise ValueError(f"test_fraction ({self.test_fraction}) and val_fraction ({self.val_fraction}) "
+                             "must leave room for train")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -94,7 +92,7 @@ class SyntheticConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-@dataclass
+@dataclasses.dataclass
 class SyntheticClips:
     """Generated clips and their planted structure.
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -41,3 +44,32 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A finished ``hscmae.experiment.run_experiment`` run (read-only for tests): its config, folder,
+    ``metrics.json`` and prepared data (``hscmae.experiment.PreparedData``)."""
+
+    config: Any
+    run_dir: Path
+    metrics: dict[str, Any]
+    data: Any
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
+    """hscmae (4 epochs) and linear CCA, seeds 0 and 1, on a tiny synthetic set (640 clips of 4 s, 4 classes,
+    16-d audio, 32-d visual, no val split: val is carved from train); a few seconds."""
+    from hscmae.config import ExperimentConfig
+    from hscmae.experiment import prepare, run_experiment
+    from hscmae.synthetic import SyntheticConfig
+
+    tiny = SyntheticConfig(clips=640, classes=4, seconds=4, audio_dim=16, visual_dim=32, signal_dim=4,
+                           test_fraction=0.2, modes=1, nuisance_dim=2, hidden=32, val_fraction=0.0)
+    root = tmp_path_factory.mktemp("finished-run")
+    config = ExperimentConfig(synthetic=tiny, data_root=str(root / "data"), methods=["hscmae", "linear-cca"],
+                              seeds=[0, 1], epochs=4, batch_size=128, runs_root=str(root / "runs"))
+    run_dir = run_experiment(config, progress=False)
+    return FinishedRun(config=config, run_dir=run_dir, metrics=json.loads((run_dir / "metrics.json").read_text()),
+                       data=prepare(config))

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.media.acquire import (
     AVAILABILITY_FILE, AcquireConfig, acquire, availability_failures, available_sources, content_path, safe_member,
-    write_availability,
+    source_locations, write_availability,
 )
 from pipeline.datasets.folder import SplitConfig, build_folder_manifest
 from pipeline.datasets.schema import OUTSIDE_ROOT_ATTR, ROOT_ATTR, read_manifest, write_build
@@ -111,6 +111,24 @@ def test_folder_archive_symlink_out_is_not_read(tmp_path: Path, ave_like: tuple[
     rows = list(manifest.itertuples(index=False))
     assert content_path(rows[0], config) is None  # the link's target is not hashed either
     assert content_path(rows[1], config) == (folder / "AVE_Dataset/AVE/vidC.mp4", None)
+
+
+def test_source_locations_follow_a_file_swapped_for_a_symlink(tmp_path: Path,
+                                                             ave_like: tuple[Path, Path, list[str]]) -> None:
+    """The keys of a cached acquisition: where each source resolves now, so a swap is acquired (and refused) again."""
+    _, folder, _ = ave_like
+    root = folder / "AVE_Dataset" / "AVE"
+    manifest = _rows([("a", "file", "vidA.mp4"), ("l", "archive", "AVE_Dataset/AVE/link.mp4"),
+                      ("c", "archive", "AVE_Dataset/AVE/vidC.mp4"), ("y", "youtube", "abc")])
+    config = AcquireConfig(cache_dir=tmp_path / "cache", root=root, archive=folder)
+    (root / "link.mp4").symlink_to(tmp_path / "elsewhere.mp4")  # a member leaving its folder: never read
+    before = [str(root / "vidA.mp4"), "", str(root / "vidC.mp4"), ""]
+    assert source_locations(manifest, config) == before
+    outside = tmp_path / "vidA.mp4"
+    (root / "vidA.mp4").rename(outside)  # moved out, a symlink to it in its place: the same bytes
+    (root / "vidA.mp4").symlink_to(outside)
+    assert source_locations(manifest, config) == [str(outside), *before[1:]]
+    assert acquire(manifest.iloc[[0]], config)["outcome"].tolist() == ["outside_root"]
 
 
 def test_file_outside_root_needs_the_recorded_opt_in(tmp_path: Path, demo_dir: Path, demo_labels: pd.DataFrame) -> None:

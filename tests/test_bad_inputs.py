@@ -22,10 +22,12 @@ from pipeline.datasets.folder import SplitConfig, build_folder_manifest
 from pipeline.features.import_features import FeatureImportError, import_single_file
 from pipeline.features.shards import check_shards
 from pipeline.datasets.schema import ManifestError, read_manifest, write_build, write_manifest
+from pipeline.datasets.splits import stratified_holdout
 from pipeline.features.shards import ShardError
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_VAL = SplitConfig(val_fraction=0.0)
+LINE_BREAK = "holds a line break (a quoted cell over several lines); a label is one line"
 
 
 def _dataset(tmp_path: Path, rows: str, files: tuple[str, ...] = ("a/x.mp4", "a/y.mp4", "b/z.mp4")) -> Path:
@@ -69,7 +71,19 @@ def test_problems_name_the_line_an_editor_shows(tmp_path):
                              "a/y.mp4,,train\n")                # 6: label empty
     with pytest.raises(ManifestError) as exc:
         build_folder_manifest(csv, split_file=None, splitting=NO_VAL)
-    assert _problems(exc) == [("line 6", "label", "empty")]
+    assert _problems(exc) == [("line 3", "label", LINE_BREAK), ("line 6", "label", "empty")]
+
+
+def test_a_label_over_several_lines_is_a_bad_row_in_every_mode(tmp_path):
+    """Issue 18: skipped, it was its own class ('cat\\nsitting') with no warning; now it is a bad row, named."""
+    csv = _dataset(tmp_path, 'path,label,split\na/x.mp4,cat,train\na/y.mp4,"cat\nsitting",test\nb/z.mp4,dog,test\n')
+    with pytest.raises(ManifestError) as exc:
+        build_folder_manifest(csv, splitting=NO_VAL)
+    assert str(exc.value) == f"{csv}, line 3: label 'cat\\nsitting': {LINE_BREAK}"
+    built = build_folder_manifest(csv, splitting=NO_VAL, on_bad_row="skip")
+    assert [(p.line, p.column, p.problem) for p in built.skipped] == [("line 3", "label", LINE_BREAK)]
+    assert built.classes == ("cat", "dog") and built.frame["label"].tolist() == ["cat", "dog"]
+    assert built.frame["label_id"].tolist() == [0, 1] and not built.anomalies
 
 
 def test_skip_writes_the_good_rows_and_lists_every_skipped_one(tmp_path):
@@ -171,6 +185,18 @@ def test_a_failed_val_carve_says_so_when_the_csv_gives_splits(tmp_path):
     assert str(exc.value) == (f"{csv}: carving val from the train split: cannot stratify: class 'dog' has only one item "
                               "(give val rows in the splits, or change --val-fraction; 0 for no val)")
     assert (build_folder_manifest(csv, splitting=NO_VAL).frame["split"] == ["train", "train", "train", "test"]).all()
+
+
+@pytest.mark.parametrize("fraction, held, bound", [(0.1, 2, "at least 0.15"), (0.95, 19, "at most 0.85")])
+def test_a_fraction_too_small_or_too_large_to_stratify_says_which_would_do(fraction, held, bound):
+    labels = np.arange(20) % 3  # 20 items of 3 classes: each side needs 3, so 3 to 17 held out
+    with pytest.raises(ValueError) as exc:
+        stratified_holdout(labels, fraction, seed=0)
+    assert str(exc.value) == (f"cannot stratify 20 items of 3 classes with fraction {fraction}: {held} held out and "
+                              f"{20 - held} kept, but each side needs one item per class (a fraction of {bound} "
+                              "would do)")
+    said = float(bound.split()[-1])
+    assert stratified_holdout(labels, said, seed=0).sum() == round(said * 20)  # the bound named does stratify
 
 
 def test_acquisition_refuses_a_symlink_leaving_the_root(tmp_path):
@@ -308,17 +334,89 @@ def test_every_cli_answers_bad_input_with_one_line_and_status_2(tmp_path):
     assert not out.exists() and not (tmp_path / "shards").exists()
 
 
+def _small_h5(path: Path, *, train: int, classes: int) -> Path:
+    """A valid single-file feature set: ``train`` training and 6 test clips of ``classes`` classes (one-hot)."""
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as h5:
+        for split, n in (("train", train), ("test", 6)):
+            h5[f"audio_{split}"], h5[f"visual_{split}"] = rng.normal(size=(n, 2, 128)), rng.normal(size=(n, 2, 1024))
+            h5[f"lab_{split}"] = np.eye(classes)[np.arange(n) % classes]
+    return path
+
+
+def test_issue_18_inputs_answer_in_one_line_before_prefect_or_torch_load(tmp_path):
+    """Each case, run as a user runs it: one ``error:`` line, exit status 2, nothing written, and neither Prefect
+    nor torch imported (so it answers in a second or two, before a server or a model starts)."""
+    no_weights = {"TORCH_HOME": str(tmp_path / "torch"), "HF_HOME": str(tmp_path / "hf")}  # empty caches
+    out, h5, config = tmp_path / "out", _small_h5(tmp_path / "small.h5", train=20, classes=3), tmp_path / "c.yaml"
+    config.write_text('epochs: "many"\n')
+    csv = _dataset(tmp_path, 'path,label,split\na/x.mp4,cat,train\na/y.mp4,"cat\nsitting",test\n')
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    cases = {
+        # no --weights random and no weight files: named, with the command that fetches them
+        ("flows.build_features", "--out", str(out)):
+            f"error: weight file vggish-10086976.pth not found (looked in {hub / 'vggish-10086976.pth'}); weight file "
+            f"resnet50-0676ba61.pth not found (looked in {hub / 'resnet50-0676ba61.pth'}); get them with "
+            "`python -m extractors.weights fetch vggish resnet50` or run with --weights random",
+        # pools of no threads and Dask clusters of no workers (the latter waited forever)
+        ("flows.build_features", "--weights", "random", "--threads", "0", "--out", str(out)):
+            "error: --threads: must be > 0, got 0",
+        ("flows.train_eval", "--threads", "-1", "--out", str(out)): "error: --threads: must be > 0, got -1",
+        ("flows.tune", "--task-runner", "dask", "--dask-workers", "0", "--out", str(out)):
+            "error: --dask-workers: must be > 0, got 0",
+        ("flows.train_eval", "--dask-workers", "0", "--print-config"): "error: --dask-workers: must be > 0, got 0",
+        # too few training clips for the val fraction: what is too small, and what would do
+        ("pipeline.features.import_features", "single", "--h5", str(h5), "--out", str(out)):
+            f"error: {h5}: carving val from lab_train: cannot stratify 20 items of 3 classes with fraction 0.1: 2 held "
+            "out and 18 kept, but each side needs one item per class (a fraction of at least 0.15 would do); change "
+            "--val-fraction (0 for no val)",
+        ("flows.train_eval", "--config", str(config), "--out", str(out)):
+            f"error: {config}: epochs: Input should be a valid integer, unable to parse string as an integer, got 'many'",
+        # the flows' bounds, checked against the types their signatures declare
+        ("flows.demo", "--clips", "5", "--out", str(out)): "error: demo: clips: Input should be greater than or equal to 20",
+        ("flows.build_features", "--weights", "random", "--demo-clips", "0", "--out", str(out)):
+            "error: build-features: demo_clips: Input should be greater than or equal to 1",
+        ("pipeline.datasets.manifest", "folder", "--source", str(csv), "--out", str(out / "m.parquet")):
+            f"error: {csv}, line 3: label 'cat\\nsitting': {LINE_BREAK}",
+    }
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **no_weights}
+    runs = {args: subprocess.Popen([sys.executable, "-X", "importtime", "-m", *args], cwd=ROOT, env=env, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args in cases}
+    for args, line in cases.items():
+        stdout, stderr = runs[args].communicate(timeout=120)
+        said = [text for text in stderr.splitlines() if not text.startswith("import time:")]
+        imported = {text.rsplit("|", 1)[-1].strip().split(".")[0] for text in stderr.splitlines()
+                    if text.startswith("import time:")}
+        assert (runs[args].returncode, said, stdout) == (2, [line], ""), args
+        assert not imported & {"torch", "prefect"}, args
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("variable", ["TORCH_HOME", "XDG_CACHE_HOME", None])
+def test_weights_are_looked_for_where_torch_looks_before_torch_loads(tmp_path, variable):
+    """The command lines check weight files without torch; the folder they look in is torch.hub.get_dir()'s."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCH_HOME", "XDG_CACHE_HOME")}
+    env |= {"PYTHONPATH": str(ROOT)} | ({variable: str(tmp_path)} if variable else {})
+    code = ("import sys; from extractors.weights import torch_hub_dir; before = torch_hub_dir(); "
+            "assert 'torch' not in sys.modules; import torch; print(before, torch.hub.get_dir())")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    expected = {"TORCH_HOME": tmp_path / "hub", "XDG_CACHE_HOME": tmp_path / "torch" / "hub",
+                None: Path.home() / ".cache" / "torch" / "hub"}[variable]
+    assert done.returncode == 0 and done.stdout.split() == [str(expected)] * 2, done.stderr
+
+
 @pytest.mark.parametrize("module, args, line", [
     ("flows.build_features", ["--manifest", "{tmp}/none.parquet"], "error: {tmp}/none.parquet: no such manifest file"),
-    ("flows.build_features", ["--clips-per-shard", "0"], "error: --clips-per-shard: must be > 0, got 0"),
-    ("flows.demo", ["--clips", "0"], "error: --clips: must be > 0, got 0"),
-    ("flows.train_eval", ["--epochs", "0"], "error: --epochs: must be > 0, got 0"),
+    ("flows.build_features", ["--clips-per-shard", "0"],
+     "error: build-features: clips_per_shard: Input should be greater than or equal to 1"),
+    ("flows.demo", ["--clips", "0"], "error: demo: clips: Input should be greater than or equal to 20"),
+    ("flows.train_eval", ["--epochs", "0"], "error: command line: epochs: Input should be greater than or equal to 1, got 0"),
     # bounds of the flows' typed signatures (the UI's run forms), checked before a server or run starts
     ("flows.demo", ["--clips", "5", "--seconds", "1000"],
      "error: demo: clips: Input should be greater than or equal to 20; seconds: Input should be less than or equal to 600"),
-    ("flows.build_features", ["--demo-seconds", "1000"],
+    ("flows.build_features", ["--demo-seconds", "1000", "--weights", "random"],
      "error: build-features: demo.seconds: Input should be less than or equal to 600"),
-    ("flows.train_eval", ["--config", "{tmp}/c.yaml"], "error: {tmp}/c.yaml: config.val_fraction: Input should be greater than 0"),
+    ("flows.train_eval", ["--config", "{tmp}/c.yaml"], "error: {tmp}/c.yaml: val_fraction: Input should be greater than 0, got 0"),
 ])
 def test_flow_mains_check_before_starting_prefect(tmp_path, capsys, module, args, line):
     (tmp_path / "c.yaml").write_text("val_fraction: 0\n")

@@ -1,4 +1,5 @@
-"""Linear CCA against the Björck–Golub QR computation and scikit-learn's iterative CCA."""
+"""Linear CCA, its torch map and the differentiable canonical correlations, against the Björck–Golub QR
+computation, a textbook dense ridge CCA and scikit-learn's iterative CCA."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 from sklearn.cross_decomposition import CCA
 
-from hscmae.cca import LinearCCA, fit_cca, fit_cca_path
+from hscmae.cca import CanonicalMap, LinearCCA, canonical_correlations, fit_cca, fit_cca_path, fit_cca_tensors
 
 
 def paired(seed: int, n: int = 600, dx: int = 8, dy: int = 6, shared: int = 3):
@@ -141,3 +142,38 @@ def test_fewer_rows_than_k_give_zero_directions_past_the_rank():
     np.testing.assert_array_equal(wide.proj_y[:, 3:], 0.0)
     u, v = wide.embed(x, y)
     np.testing.assert_allclose(np.abs(u[:, :3]), np.abs(narrow.embed(x, y)[0]), atol=1e-10)
+
+
+def test_canonical_correlations_match_qr_reference():
+    x, y = paired(10, n=400)
+    got = canonical_correlations(torch.tensor(x), torch.tensor(y), ridge=1e-12).numpy()
+    np.testing.assert_allclose(got, bjorck_golub(x, y), atol=1e-8)
+    assert got[0] > 0.5  # the data are correlated: the check is not trivially about zeros
+
+
+def test_canonical_correlations_with_ridge_match_dense_ridge_cca_and_the_fit():
+    x, y = paired(11, n=50)
+    got = canonical_correlations(torch.tensor(x, dtype=torch.float32), torch.tensor(y), ridge=0.3)
+    np.testing.assert_allclose(got.numpy(), dense_ridge_correlations(x, y, 0.3), rtol=1e-5)
+    np.testing.assert_allclose(got.numpy(), fit_cca(x, y, k=6, ridge=0.3).correlations, rtol=1e-5)  # one ridge rule
+    assert got.dtype == torch.float64
+
+
+def test_canonical_map_is_the_fit_with_variates_scaled_by_their_correlations():
+    x, y = paired(12)
+    cca = fit_cca(x, y, k=3, ridge=0.1)
+    cmap = CanonicalMap.from_cca(fit_cca_tensors(x, y, k=3, ridges=[0.1])[0], dtype=torch.float64)
+    got = cmap({"audio": torch.tensor(x), "visual": torch.tensor(y)})
+    audio, visual = cca.embed(x, y)
+    np.testing.assert_allclose(got["audio"].numpy(), audio, atol=1e-10)
+    np.testing.assert_allclose(got["visual"].numpy(), visual, atol=1e-10)
+
+
+def test_heldout_correlations_are_each_variate_pairs_correlation():
+    x, y = paired(13, n=900)
+    cca = fit_cca(x[:600], y[:600], k=3, ridge=0.0)
+    u, v = cca.transform_x(x[600:]), cca.transform_y(y[600:])
+    np.testing.assert_allclose(cca.heldout_correlations(x[600:], y[600:]),
+                               [np.corrcoef(u[:, i], v[:, i])[0, 1] for i in range(3)], atol=1e-12)
+    # on the training data themselves (no ridge) they are the canonical correlations
+    np.testing.assert_allclose(cca.heldout_correlations(x[:600], y[:600]), cca.correlations, atol=1e-10)

@@ -1,44 +1,40 @@
-"""End to end: 2 methods x 2 seeds on a tiny synthetic set; files, numbers and selection checked."""
+"""End to end: 2 methods x 2 seeds on a tiny synthetic set (the session's ``finished_run``); files, numbers,
+selection and the experiment config checked."""
 
 from __future__ import annotations
 
 import csv
-import math
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from pydantic import TypeAdapter
 from safetensors.numpy import load_file
 
 from hscmae.cca import LinearCCA, fit_cca
 from hscmae.checkpoint import load_module
-from hscmae.evaluate import drop_seconds
-from hscmae.experiment import ExperimentConfig, prepare, run_experiment, run_one
+from hscmae.config import ExperimentConfig, LossConfig, MethodConfig, ModelConfig, TrainConfig
+from hscmae.evaluate import CCA_RIDGES, drop_entries, drop_seconds
+from hscmae.experiment import (data_key, epoch_logger, feature_source, prepare, progress_text, run_experiment,
+                               run_folder, run_one)
+from hscmae.inference import embed
 from hscmae.metrics import mean_average_precision
 from hscmae.model import HSCMAE
 from hscmae.synthetic import SyntheticConfig
-from hscmae.train import embed
-
-TINY = SyntheticConfig(clips=640, classes=4, seconds=4, audio_dim=16, visual_dim=32, signal_dim=4, test_fraction=0.2,
-                       modes=1, nuisance_dim=2, hidden=32,
-                       val_fraction=0.0)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("experiment")
-    config = ExperimentConfig(synthetic=TINY, data_root=str(root / "data"), methods=["hscmae", "linear-cca"],
-                              seeds=[0, 1], epochs=4, batch_size=128, runs_root=str(root / "runs"))
-    run_dir = run_experiment(config, progress=False)
-    return config, run_dir, json.loads((run_dir / "metrics.json").read_text()), prepare(config)
+def run(finished_run):
+    return finished_run.config, finished_run.run_dir, finished_run.metrics, finished_run.data
 
 
 def test_run_directory_holds_every_artifact(run):
     config, run_dir, metrics, _ = run
-    assert run_dir == config.resolved_run_dir() and run_dir.parent == Path(config.runs_root)
+    assert run_dir == run_folder(config, data_key(feature_source(config))) and run_dir.parent == Path(config.runs_root)
     for name in ("config.json", "metrics.json", "results.md", "results.csv", "log.jsonl"):
         assert (run_dir / name).stat().st_size > 0, name
     for plot in ("loss_curves.png", "pr_curves.png"):
@@ -48,15 +44,44 @@ def test_run_directory_holds_every_artifact(run):
     assert sum(1 for entry in log if entry["method"] == "hscmae") == 2 * 4  # every epoch of both seeds
 
 
+def test_selection_is_recorded_with_epochs_counted_from_1(run):
+    _, run_dir, metrics, _ = run
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    for entry in metrics["runs"]:
+        if entry["kind"] == "trainable":
+            epochs = [e for e in log if e["method"] == entry["method"] and e["seed"] == entry["seed"]]
+            assert [e["epoch"] for e in epochs] == [1, 2, 3, 4] and entry["stopped_epoch"] == 4
+            scores = [e["val_score"] for e in epochs]
+            assert entry["best_epoch"] == int(np.argmax(scores)) + 1 and entry["cca_ridge"] is None
+            assert entry["val_score"] == scores[entry["best_epoch"] - 1] == max(scores)
+            assert epochs[-1]["best_epoch"] == entry["best_epoch"]  # each epoch's line: the best so far
+        else:  # linear CCA selects a ridge, not an epoch
+            tried = [e for e in log if e["method"] == entry["method"] and e["seed"] == entry["seed"]]
+            assert [e["ridge"] for e in tried] == list(CCA_RIDGES) and entry["best_epoch"] is None
+            assert entry["val_score"] == max(e["val_score"] for e in tried)
+            assert entry["cca_ridge"] == max(tried, key=lambda e: e["val_score"])["ridge"]
+
+
 def test_config_round_trips_through_the_run_directory(run):
     config, run_dir, _, _ = run
     saved = json.loads((run_dir / "config.json").read_text())
-    assert ExperimentConfig.from_dict(saved["experiment"]) == config
+    assert ExperimentConfig.from_dict(saved["experiment"]) == dataclasses.replace(config, model_preset="demo")
     assert saved["methods"]["hscmae"]["train"]["epochs"] == 4
-    with pytest.raises(ValueError, match="unknown keys"):
+    assert saved["methods"]["hscmae"]["loss"]["mask_mode"] == "time"  # "auto" resolved for per-second data
+    with pytest.raises(ValueError, match="method\n  Unexpected keyword argument"):
         ExperimentConfig.from_dict({"method": ["hscmae"]})
-    with pytest.raises(ValueError, match="unknown or no methods"):
+    with pytest.raises(ValueError, match="Input should be 'hscmae'"):
         ExperimentConfig(methods=["nope"])
+
+
+def test_run_folder_is_named_by_the_data_settings_and_code_not_paths(run, tmp_path):
+    config, run_dir, _, _ = run
+    key = data_key(feature_source(config))
+    elsewhere = dataclasses.replace(config, data_root=str(tmp_path), runs_root=str(tmp_path / "runs"))
+    assert run_folder(elsewhere, key) == tmp_path / "runs" / run_dir.name  # moved folders: the same name
+    assert run_folder(dataclasses.replace(config, epochs=5), key) != run_dir  # a changed setting lands beside
+    assert run_folder(config, "other bytes") != run_dir
+    assert run_folder(dataclasses.replace(config, run_dir=str(tmp_path / "x")), key) == tmp_path / "x"
 
 
 def test_val_is_carved_from_train_and_tables_state_the_data(run):
@@ -66,6 +91,9 @@ def test_val_is_carved_from_train_and_tables_state_the_data(run):
     assert clips["val"] == math.ceil(0.1 * (clips["train"] + clips["val"])) and clips["test"] == 128
     table = (run_dir / "results.md").read_text()
     assert "generated features (no extractor network" in table and "seeds: 2" in table
+    assert "> input: per-second features; the sample level (mask_mode auto → time) drops whole seconds" in table
+    assert "> training: at most 4 epochs, no early stopping (patience ≥ epochs)" in table
+    assert "> tuning: none (each method's default recipe)" in table
     assert f"train {clips['train']}, val {clips['val']}, test 128" in table
     rows = {r["method"]: r for r in csv.DictReader((run_dir / "results.csv").open())}
     assert rows["hscmae"]["random_weights"] == "False" and rows["hscmae"]["seeds"] == "2"
@@ -125,12 +153,11 @@ def test_test_split_never_influences_selection(run, tmp_path):
     assert again.metrics["mean_map"] != original["metrics"]["mean_map"]  # the test numbers did read test
 
 
-def test_missing_split_is_a_clear_error(tmp_path):
-    config = ExperimentConfig(synthetic=dataclasses.replace(TINY, val_fraction=0.0), data_root=str(tmp_path),
-                              shards=None, methods=["linear-cca"], seeds=[0])
-    data_dir = prepare(config).info["source"]
+def test_missing_split_is_a_clear_error(run):
+    config, _, _, data = run
+    train_only = Path(data.info["source"]) / "train.parquet"
     with pytest.raises(ValueError, match=r"no clips in split\(s\) \['test'\]"):
-        prepare(dataclasses.replace(config, shards=str(Path(data_dir) / "train.parquet")))
+        prepare(dataclasses.replace(config, shards=str(train_only)))
 
 
 def test_every_row_has_partial_observation_columns(run):
@@ -162,6 +189,54 @@ def test_linear_cca_depends_on_its_own_dimension_not_the_model_latent(run, tmp_p
     assert two.metrics["cca_mean_map"] == two.metrics["mean_map"]
 
 
+def test_linear_cca_with_a_set_ridge_uses_that_ridge_only(run, tmp_path):
+    config, _, _, data = run
+    fixed = dataclasses.replace(config, method_configs={"linear-cca": {"cca_ridge": 0.37}})
+    result = run_one("linear-cca", 0, data, tmp_path, config=fixed, progress=False)
+    assert result.cca_ridge == 0.37 and [h["ridge"] for h in result.history] == [0.37]
+    cca = fit_cca(*data.train.pooled(), k=16, ridge=0.37)  # min(cca_dim 32, audio 16-d)
+    audio, visual = data.test.pooled()
+    a, v = cca.transform_x(audio) * cca.correlations, cca.transform_y(visual) * cca.correlations
+    labels = data.test.label_id
+    assert result.metrics["a2v_map"] == pytest.approx(mean_average_precision(a, v, labels, labels), abs=1e-9)
+    assert result.selection() == "ridge 0.37"
+
+
+def test_clip_level_features_train_every_level_and_drop_entries(tmp_path):
+    """One second per clip (as the authors' published features): the reconstruction term is non-zero at every
+    epoch of hscmae and its learned weight stays finite (log.jsonl); the no-sample ablation differs from the
+    no-decoder one; the partial-observation columns drop entries and do not repeat the plain scores."""
+    one_second = SyntheticConfig(clips=400, classes=4, seconds=1, min_event_seconds=1, min_valid_seconds=1,
+                                 audio_dim=16, visual_dim=24, signal_dim=4, modes=1, nuisance_dim=2, hidden=32)
+    config = ExperimentConfig(synthetic=one_second, data_root=str(tmp_path / "data"), seeds=[0], epochs=4,
+                              batch_size=96, methods=["hscmae", "hscmae-no-recon-decoder", "hscmae-no-sample",
+                                                      "linear-cca"], runs_root=str(tmp_path / "runs"))
+    run_dir = run_experiment(config, progress=False)
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    hscmae = [e for e in log if e["method"] == "hscmae"]
+    assert len(hscmae) == 4 and all(e["recon"] > 0.05 and 0.1 < e["weights"]["recon"] < 10 for e in hscmae), hscmae
+    saved = json.loads((run_dir / "config.json").read_text())
+    modes = {m: saved["methods"][m]["loss"]["mask_mode"] for m in config.methods}
+    assert modes == {m: "element" for m in config.methods}  # "auto" resolved for clip-level data
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["data"]["clip_level"] == ["audio", "visual"]
+    runs = {r["method"]: r for r in metrics["runs"]}
+    assert runs["hscmae-no-sample"]["metrics"] != runs["hscmae-no-recon-decoder"]["metrics"]
+    for entry in runs.values():
+        for drop in ("drop30", "drop50"):
+            assert entry["metrics"][f"{drop}_mean_map"] != entry["metrics"]["mean_map"], entry["method"]
+    data = prepare(config)  # linear CCA's dropped column recomputed: entries set to the training mean
+    fill = {m: x.mean(axis=0) for m, x in zip(("audio", "visual"), data.train.pooled())}
+    cca = LinearCCA.load(runs["linear-cca"]["checkpoint"])
+    audio, visual = drop_entries(data.test, 0.3, fill=fill, modalities=("audio", "visual")).pooled()
+    a, v = cca.transform_x(audio) * cca.correlations, cca.transform_y(visual) * cca.correlations
+    labels = data.test.label_id
+    assert runs["linear-cca"]["metrics"]["drop30_a2v_map"] == pytest.approx(
+        mean_average_precision(a, v, labels, labels), abs=1e-9)
+    table = (run_dir / "results.md").read_text()
+    assert "input: clip-level features in every modality" in table and "30 % entries dropped" in table
+
+
 def test_config_file_sets_model_and_method_fields_and_rejects_unknown_keys(tmp_path, capsys):
     from flows.train_eval import main
 
@@ -186,3 +261,73 @@ def test_config_file_sets_model_and_method_fields_and_rejects_unknown_keys(tmp_p
         err = capsys.readouterr().err.strip().splitlines()
         assert exit_info.value.code == 2 and len(err) == 1, err
         assert err[0].startswith(f"error: {bad}: ") and name in err[0], err
+
+
+def test_one_declaration_bounds_the_form_the_command_line_and_python(tmp_path, capsys):
+    """mask_ratio's bounds and description, declared once on LossConfig, in all three entry points."""
+    import jsonschema
+
+    from flows.train_eval import main, train_eval
+
+    schema = train_eval.parameters.model_dump(mode="json")
+    declared = TypeAdapter(LossConfig).json_schema()["properties"]["mask_ratio"]
+    in_form = schema["definitions"]["LossChanges"]["properties"]["mask_ratio"]
+    assert in_form["anyOf"] == [{"exclusiveMaximum": 1.0, "minimum": 0.0, "type": "number"}, {"type": "null"}]
+    assert in_form["description"] == declared["description"] and declared["exclusiveMaximum"] == 1.0
+    jsonschema.validate({k: v["default"] for k, v in schema["properties"].items()}, schema)  # its own defaults
+    with pytest.raises(jsonschema.ValidationError, match="1.0 is greater than or equal to the maximum of 1.0"):
+        jsonschema.validate({"config": {"method_configs": {"hscmae": {"loss": {"mask_ratio": 1.0}}}}}, schema)
+    with pytest.raises(ValueError, match="mask_ratio\n  Input should be less than 1"):
+        LossConfig(mask_ratio=1.0)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method_configs: {hscmae: {loss: {mask_ratio: 1.0}}}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(bad), "--epochs", "0", "--print-config"])
+    assert exit_info.value.code == 2 and capsys.readouterr().err == (
+        f"error: {bad}: method_configs.hscmae.loss.mask_ratio: Input should be less than 1, got 1.0; "
+        "command line: epochs: Input should be greater than or equal to 1, got 0\n")
+    for config in (ExperimentConfig, MethodConfig, ModelConfig, LossConfig, TrainConfig, SyntheticConfig):
+        fields = TypeAdapter(config).json_schema()["properties"]
+        assert all(field.get("description") for field in fields.values()), config.__name__
+
+
+def test_changes_merge_onto_each_method_and_folders_go_under_the_output_root():
+    config = ExperimentConfig(model={"latent": 8},
+                              method_configs={"dcca": {"loss": {"cca_k": 4}, "train": {"lr": 0.01}}})
+    dcca, hscmae = config.method_config("dcca"), config.method_config("hscmae")
+    assert (dcca.model.latent, dcca.loss.cca_k, dcca.train.lr, dcca.loss.use_local) == (8, 4, 0.01, False)
+    assert (hscmae.model.latent, hscmae.loss.cca_k, hscmae.train.lr) == (8, None, 3e-4)
+    assert config.to_dict()["method_configs"] == {"dcca": {"loss": {"cca_k": 4}, "train": {"lr": 0.01}}}
+    assert ExperimentConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="method 'dcca': recon_target 'masked' needs mask_ratio > 0"):
+        ExperimentConfig(methods=["dcca"], method_configs={"dcca": {"loss": {"use_recon": True}}})
+    got = ExperimentConfig().under(Path("/out"))
+    assert (got.data_root, got.runs_root, got.run_dir) == ("/out/data", "/out/runs", None)
+    assert dataclasses.replace(got, data_root="d", runs_root="r") == ExperimentConfig(data_root="d", runs_root="r")
+    # "auto": the demo encoders for the built-in set, the paper's for real shards, pinned once the set is written
+    assert (ExperimentConfig().preset, ExperimentConfig(shards="s").preset) == ("demo", "paper")
+    assert ExperimentConfig().with_shards("data/synthetic-x").preset == "demo"
+    assert TypeAdapter(ExperimentConfig).json_schema()["properties"]["model_preset"]["default"] == "auto"
+
+
+def test_epoch_log_and_progress_lines():
+    lines = []
+    log = epoch_logger(lines.append, "hscmae", 1, TrainConfig(epochs=40, patience=40))
+    for epoch in range(1, 41):
+        log({"epoch": epoch, "best_epoch": epoch, "total": 0.5, "val_score": 0.25})
+    assert len(lines) == 10 and lines[0] == "hscmae seed 1: epoch 4/40, loss 0.5000, val mAP 0.2500"
+    short = []
+    for epoch in range(1, 8):
+        epoch_logger(short.append, "clip", 0, TrainConfig(epochs=7))({"epoch": epoch, "best_epoch": 1,
+                                                                     "val_score": 0.5})
+    assert len(short) == 7 and short[-1] == "clip seed 0: epoch 7/7, loss nan, val mAP 0.5000"
+    stopped = []
+    log = epoch_logger(stopped.append, "dcca", 0, TrainConfig(epochs=40, patience=5))
+    for epoch in range(1, 14):  # best at epoch 8: the 13th epoch is the fifth without a better score, the last
+        log({"epoch": epoch, "best_epoch": min(epoch, 8), "total": 0.5, "val_score": 0.25})
+    assert stopped == ["dcca seed 0: epoch 4/40, loss 0.5000, val mAP 0.2500",
+                       "dcca seed 0: epoch 8/40, loss 0.5000, val mAP 0.2500",
+                       "dcca seed 0: epoch 12/40, loss 0.5000, val mAP 0.2500",
+                       "dcca seed 0: epoch 13/40, loss 0.5000, val mAP 0.2500; stopped early: no better val mAP "
+                       "in 5 epochs, selected epoch 8"]
+    assert progress_text([], 1, 3) == "1 of 3 method x seed done (1 failed)"

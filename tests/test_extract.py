@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from extractors.extract import ClipJob, ExtractConfig, Extractors, prefetch, extract_features
+from extractors.extract import (ClipJob, ExtractConfig, Extractors, differing_extractors, extract_config_of,
+                                extract_features, extract_one_shard, prefetch)
 from pipeline.features.failures import Failure
 from pipeline.media.segment import Segment, SegmentConfig, segment_clip
-from pipeline.features.shards import load_feature_set, uses_random_weights
+from pipeline.features.shards import load_feature_set, read_shard, uses_random_weights
+from pipeline.vocab import RANDOM_WEIGHTS
 
-CONFIG = ExtractConfig(audio_weights="random", visual_weights="random", clips_per_shard=2, batch_clips=3, max_batch=4)
+CONFIG = ExtractConfig(audio_weights=RANDOM_WEIGHTS, visual_weights=RANDOM_WEIGHTS, clips_per_shard=2, batch_clips=3,
+                       max_batch=4)
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +93,31 @@ def test_bad_job_is_a_clear_error(models: Extractors, tmp_path: Path) -> None:
         extract_features([job("a/b", make_segment("a", 1, 0))], tmp_path, CONFIG, extractors=models)
     with pytest.raises(ValueError, match="split 'dev'"):
         extract_features([job("a", make_segment("a", 1, 0), split="dev")], tmp_path, CONFIG, extractors=models)
+
+
+def test_one_shard_file_through_a_scratch_folder(models: Extractors, tmp_path: Path) -> None:
+    """All clips into the one file asked for (whatever clips_per_shard says); none extracted: no file, not a stale one."""
+    shard, work = tmp_path / "shards" / "shard-00007.parquet", tmp_path / "work" / "shard-00007"
+    (work / "leftover").mkdir(parents=True)  # a killed run's scratch
+    segments = [make_segment(f"c{i}", seconds=1, seed=i) for i in range(3)]
+    silent = Failure(clip_id="quiet", stage="segment", kind="silent", message="quiet.mp4: audio RMS 1e-05")
+    failures = extract_one_shard([job(s.clip_id, s) for s in segments] + [job("quiet", silent)], shard, work, CONFIG,
+                                 extractors=models, extra_meta={"dataset": "test"})
+    clips, meta = read_shard(shard)
+    assert [c.clip_id for c in clips] == ["c0", "c1", "c2"] and meta["dataset"] == "test" and failures == [silent]
+    assert not work.exists() and sorted(p.name for p in shard.parent.iterdir()) == [shard.name]
+    assert extract_one_shard([job("quiet", silent)], shard, work, CONFIG, extractors=models) == [silent]
+    assert not shard.exists() and not work.exists()
+
+
+def test_extract_config_remakes_a_shards_extractors(models: Extractors) -> None:
+    meta = models.meta()  # random VGGish and ResNet-50
+    assert extract_config_of(meta) == ExtractConfig(visual_model="resnet50", audio_weights=RANDOM_WEIGHTS,
+                                                    visual_weights=RANDOM_WEIGHTS)
+    published = {**meta, "visual": {**meta["visual"], "extractor": "vit_s16", "weights": "ab" * 32}}
+    assert extract_config_of(published) == ExtractConfig(visual_model="vit_s16", audio_weights=RANDOM_WEIGHTS,
+                                                         visual_weights=None)
+    assert differing_extractors(published, meta) == ["visual"] and differing_extractors(meta, dict(meta)) == []
 
 
 def test_prefetch_is_bounded_and_in_order() -> None:

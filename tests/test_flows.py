@@ -25,6 +25,7 @@ import urllib.request
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from uuid import UUID
 
@@ -41,20 +42,23 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from extractors.extract import ExtractConfig, extract_features
 from flows import PROJECT_ROOT
-from flows.build_features import AcquireJob, acquire_shard, build_features, clip_jobs
+from flows.build_features import build_features
 from flows.common import task_runner
+from flows.feature_tasks import acquire_shard
 from flows.train_eval import train_eval
 from hscmae.experiment import ExperimentConfig, run_experiment
-from pipeline.media.acquire import AcquireConfig, acquire
 from pipeline.datasets.demo_videos import LABELS_FILE, DemoConfig, write_demo
-from pipeline.io.digest import sha256_file
 from pipeline.datasets.folder import SplitConfig, build_folder_manifest
 from pipeline.datasets.schema import write_manifest
-from pipeline.media.segment import SegmentConfig
+from pipeline.features.build import AcquireJob
 from pipeline.features.shards import load_feature_set, read_shard
+from pipeline.io.digest import sha256_file
+from pipeline.media.acquire import AcquireConfig
+from pipeline.media.segment import ClipJob, SegmentConfig, segment_clip
+from pipeline.vocab import RANDOM_WEIGHTS
 
 CLIPS, SECONDS, PER_SHARD = 60, 1.5, 15  # 4 shards of 15 clips, plus a shard holding the two bad rows
-RANDOM = ExtractConfig(audio_weights="random", visual_weights="random")
+RANDOM = ExtractConfig(audio_weights=RANDOM_WEIGHTS, visual_weights=RANDOM_WEIGHTS)
 
 
 def _free_port() -> int:
@@ -163,17 +167,20 @@ def test_build_features_completes_with_shards_matching_the_stage_functions(first
     assert (outcome.asked, outcome.obtained, outcome.extracted) == (CLIPS + 2, CLIPS + 1, CLIPS)
     assert outcome.failures_by_kind == {"missing": 1, "undecodable": 1}
 
-    # the reference: the same stage functions called directly, all clips in one go, no Prefect
+    # the reference: the stage functions called directly, all clips in one go, no Prefect; the clip jobs written
+    # out here: every file is read in place (local offset 0), so each clip is cut where the manifest says
     frame = pd.read_parquet(manifest)
-    availability = acquire(frame, AcquireConfig(cache_dir=tmp_path / "media"))
-    reference = extract_features(clip_jobs(frame, availability, SegmentConfig()), tmp_path / "ref",
-                                 ExtractConfig(audio_weights="random", visual_weights="random", clips_per_shard=100),
+    jobs = [ClipJob(clip_id=r.clip_id, label=r.label, label_id=int(r.label_id), split=r.split,
+                    load=partial(segment_clip, str(manifest.parent / r.source), r.clip_id, r.clip_start_s,
+                                 r.clip_end_s, SegmentConfig()))
+            for r in frame.itertuples(index=False) if r.clip_id != "gone"]  # "gone" has no file to cut
+    reference = extract_features(jobs, tmp_path / "ref", dataclasses.replace(RANDOM, clips_per_shard=100),
                                  extra_meta={"dataset": "demo"})
     expected = load_feature_set(reference.shards)
     got = load_feature_set(outcome.shards)
     assert list(got.clip_id) == list(expected.clip_id) == list(frame["clip_id"][:CLIPS])
     assert list(got.split) == list(frame["split"][:CLIPS]) and list(got.label) == list(frame["label"][:CLIPS])
-    assert got.meta == expected.meta and got.meta["audio"]["weights"] == "random"
+    assert got.meta == expected.meta and got.meta["audio"]["weights"] == RANDOM_WEIGHTS
     for name in ("audio", "visual"):
         for a, b in zip(getattr(got, name), getattr(expected, name)):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -214,7 +221,7 @@ def test_second_run_is_cached_and_does_no_work(first, manifest: Path) -> None:
 
 def test_changed_extractor_config_recomputes_only_extraction(first, manifest: Path) -> None:
     out, state = first
-    changed = _run(out, manifest, extract=ExtractConfig(audio_weights="random", visual_weights="random", seed=1))
+    changed = _run(out, manifest, extract=dataclasses.replace(RANDOM, seed=1))
     states = _task_states(changed.state_details.flow_run_id, 10)
     assert states["acquire-shard"] == Counter(Cached=5) and states["extract-shard"] == Counter(Completed=5)
     new, old = load_feature_set(changed.result().shards), load_feature_set(state.result().shards)
@@ -310,7 +317,7 @@ def test_acquisition_retries_transient_failures(stack: dict[str, str], tmp_path:
                              "path": [""], "local_start_s": [0.0]})
 
     assert acquire_shard.retries == 3 and acquire_shard.retry_delay_seconds == [10, 20, 40]  # exponential backoff
-    monkeypatch.setattr("flows.build_features.acquire", flaky)
+    monkeypatch.setattr("flows.feature_tasks.acquire", flaky)
     job = AcquireJob(key="k", index=0, rows=rows, config=AcquireConfig(cache_dir=tmp_path), lock=tmp_path / "a.lock")
     quick = acquire_shard.with_options(retry_delay_seconds=0, cache_policy=NO_CACHE, persist_result=False)
 
@@ -338,7 +345,7 @@ def test_dask_runner_gives_the_same_shards(first, manifest: Path, tmp_path: Path
 
 def _cli(manifest: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "flows.build_features", "--manifest", str(manifest), "--out", str(out),
-            "--clips-per-shard", str(PER_SHARD), "--weights", "random"]
+            "--clips-per-shard", str(PER_SHARD), "--weights", RANDOM_WEIGHTS]
 
 
 def _computed(output: str) -> int:
@@ -392,7 +399,74 @@ def test_deployment_runs_on_the_worker(stack: dict[str, str], tmp_path: Path) ->
                           text=True, timeout=330)
     assert done.returncode == 0 and "Completed" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
     shards = load_feature_set(next(tmp_path.glob("features/*/shards")))
-    assert len(shards) == 10 and shards.meta["visual"]["weights"] == "random"
+    assert len(shards) == 10 and shards.meta["visual"]["weights"] == RANDOM_WEIGHTS
+
+
+def test_moved_dataset_keeps_the_shards_built_before(first, manifest: Path, tmp_path: Path) -> None:
+    """Issue 18: the data folder moves and build-features runs again with the OLD manifest. Every clip is
+    missing, yet every shard built before stays byte-identical, and the run says what it kept and why; with the
+    manifest rebuilt where the data now is, the failure records name the paths of now."""
+    out = tmp_path / "out"  # a copy of the module's first build (shards, records, cache): other tests keep theirs
+    shutil.copytree(first[0], out, symlinks=True)
+    data, moved = tmp_path / "data", tmp_path / "moved"
+    shutil.copytree(manifest.parent, data, symlinks=True)
+    frame = pd.read_parquet(manifest)
+    frame.attrs["root"] = str(data)
+    old_manifest = write_manifest(frame, tmp_path / "old.parquet")
+
+    def failure_messages(shards: Path) -> list[str]:
+        return sorted(pd.read_parquet(shards.parent / "failures.parquet")["message"])
+
+    here = _run(out, old_manifest).result()  # content-only keys: the copied shards are found finished
+    before = _shard_bytes(here.shards)
+    assert before == _shard_bytes(first[1].result().shards) and len(before) == 4
+    # the cached shard outcome of the first build names the first build's files: reported where they are now
+    messages = failure_messages(here.shards)
+    assert [m.split(": ")[0] for m in messages] == [str(data / "corrupt.mp4"), "gone.mp4"]
+    assert str(data / "gone.mp4") in messages[1] and not any(str(manifest.parent) in m for m in messages)
+
+    shutil.move(data, moved)
+    state = _run(out, old_manifest)
+    outcome = state.result()
+    assert state.is_completed() and outcome.shards == here.shards
+    assert _shard_bytes(outcome.shards) == before  # nothing deleted, nothing rewritten
+    assert (outcome.obtained, outcome.extracted, outcome.failures_by_kind) == (0, CLIPS, {"missing": CLIPS + 2})
+    assert (outcome.kept_shards, outcome.kept_clips, outcome.reused_on_disk) == (4, {"missing": CLIPS}, 4)
+    said = f"kept 4 shards built earlier as they are: {CLIPS} of their clips cannot be acquired now (missing {CLIPS})"
+    assert said in outcome.log_text() and said in _artifacts(state.state_details.flow_run_id)[
+        "build-features-summary"].data
+    progress = _latest(state.state_details.flow_run_id, "build-features-progress")
+    assert progress.data == 100.0 and "kept 4 built earlier (sources not available now)" in progress.description
+
+    frame.attrs["root"] = str(moved)
+    rebuilt = _run(out, write_manifest(frame, tmp_path / "new.parquet")).result()
+    assert _shard_bytes(rebuilt.shards) == before and rebuilt.kept_shards == 0 and rebuilt.extracted == CLIPS
+    messages = failure_messages(rebuilt.shards)
+    assert [m.split(": ")[0] for m in messages] == [str(moved / "corrupt.mp4"), "gone.mp4"]
+    assert str(moved / "gone.mp4") in messages[1] and not any(str(data) + "/" in m for m in messages)
+
+
+def test_a_source_swapped_for_an_outward_symlink_is_refused_though_acquisition_was_cached(first, manifest: Path,
+                                                                                          tmp_path: Path) -> None:
+    """Issue 18: after a build, a source inside the dataset root is moved out and a symlink to it put in its place
+    (the same bytes, so the same content keys). Acquisition was Cached and the file outside the root was read;
+    now its shard's acquisition runs again and refuses it (``outside_root``), as on a fresh output root."""
+    out, data = tmp_path / "out", tmp_path / "data"
+    shutil.copytree(first[0], out, symlinks=True)
+    shutil.copytree(manifest.parent, data, symlinks=True)
+    frame = pd.read_parquet(manifest)
+    frame.attrs["root"] = str(data)
+    here = write_manifest(frame, tmp_path / "m.parquet")
+    _run(out, here)  # acquisition follows the data to its new place, once
+    clip, outside = frame.iloc[0], tmp_path / "outside.mp4"
+    shutil.move(data / clip.source, outside)
+    (data / clip.source).symlink_to(outside)
+    swapped = _run(out, here)
+    states = _task_states(swapped.state_details.flow_run_id, 10)
+    assert states["acquire-shard"] == Counter(Cached=4, Completed=1)
+    failures = pd.read_parquet(swapped.result().shards.parent / "failures.parquet")
+    assert failures.loc[failures["kind"] == "outside_root", "clip_id"].tolist() == [clip.clip_id]
+    assert swapped.result().failures_by_kind["outside_root"] == 1
 
 
 def test_cache_follows_file_content_not_paths(first, manifest: Path, tmp_path: Path) -> None:
@@ -419,7 +493,7 @@ def test_cache_follows_file_content_not_paths(first, manifest: Path, tmp_path: P
     frame.attrs["root"] = str(moved)
     write_manifest(frame, moved / "manifest.parquet")
     changed = _run(out, moved / "manifest.parquet",
-                   extract=ExtractConfig(audio_weights="random", visual_weights="random", seed=2))
+                   extract=dataclasses.replace(RANDOM, seed=2))
     states = _task_states(changed.state_details.flow_run_id, 10)
     assert states["acquire-shard"] == Counter(Completed=5) and states["extract-shard"] == Counter(Completed=5)
     assert changed.result().extracted == CLIPS
@@ -486,6 +560,68 @@ def test_build_features_fails_when_no_clip_is_extracted(stack: dict[str, str], m
     write_manifest(nothing, tmp_path / "nothing.parquet")
     state = _run(tmp_path / "out", tmp_path / "nothing.parquet")
     assert state.is_failed() and state.message.startswith('no clip was extracted: 1 of 1 clips failed ({"missing": 1})')
+
+
+def _own_prefect_home(tmp_path: Path) -> dict[str, str]:
+    """The environment of a command line with a Prefect home of its own: its temporary server is its child."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def test_a_build_where_every_clip_fails_ends_with_its_summary_and_one_error_line(tmp_path: Path) -> None:
+    """Issue 18: the command line said so with a 59-line FailedRun traceback; now the run's summary, then one
+    ``error:`` line with the state's message, exit status 1 (``--debug``: the traceback)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("x.mp4", "y.mp4"):
+        (data / name).write_bytes(b"not a video")
+    (data / "labels.csv").write_text("path,label,split\nx.mp4,cat,train\ny.mp4,dog,test\n")
+    write_manifest(build_folder_manifest(data / "labels.csv", splitting=SplitConfig(val_fraction=0.0)).frame,
+                   tmp_path / "m.parquet")
+    done = subprocess.run(_cli(tmp_path / "m.parquet", tmp_path / "out"), env=_own_prefect_home(tmp_path),
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    said = done.stdout + done.stderr
+    failures = next((tmp_path / "out").glob("features/*/failures.parquet"))
+    assert done.returncode == 1 and "Traceback" not in said, said[-3000:]
+    assert "0/2 clips extracted into" in said  # the summary
+    assert [line for line in said.splitlines() if line.startswith("error:")] == [
+        f'error: build-features ended Failed: no clip was extracted: 2 of 2 clips failed ({{"undecodable": 2}}); '
+        f'see {failures}'], said[-3000:]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_run_within_seconds_and_the_same_command_resumes(tmp_path: Path) -> None:
+    """Issue 18: SIGTERM (Ctrl-C likewise) stopped the demo 366 s later, once the running task had ended, and left
+    Prefect's temporary server running. Now the command exits within seconds, its run and unfinished task are
+    Crashed, no child process is left, and the same command resumes training from the last checkpoint."""
+    psutil = pytest.importorskip("psutil")
+    env = _own_prefect_home(tmp_path)
+    command = [sys.executable, "-m", "flows.train_eval", "--seeds", "0", "--methods", "hscmae", "--out",
+               str(tmp_path / "out")]
+    log = tmp_path / "first.log"
+    with open(log, "w") as sink:
+        run = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=sink, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while "hscmae seed 0: epoch 8/40" not in log.read_text():  # training, with epochs checkpointed
+        assert run.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    children = psutil.Process(run.pid).children(recursive=True)  # the temporary Prefect server, at least
+    run.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    assert run.wait(timeout=60) == 128 + signal.SIGTERM
+    assert time.monotonic() - sent < 15 and children and not [c.pid for c in children if _running(c.pid)]
+    said = log.read_text()
+    assert "stopping on SIGTERM: the work finished so far is kept; run the same command again to resume" in said
+    assert "Traceback" not in said
+    with sqlite3.connect(tmp_path / "prefect" / "prefect.db") as db:
+        assert db.execute("SELECT name, state_type FROM flow_run").fetchall()[0][1] == "CRASHED"
+        tasks = dict(db.execute("SELECT name, state_type FROM task_run").fetchall())
+    assert tasks["hscmae-seed0"] == "CRASHED"
+    resumed = subprocess.run(command, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    said = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0 and "hscmae seed 0: epoch 40/40" in said, said[-3000:]
+    assert "hscmae seed 0: epoch 4/40" not in said  # resumed from epoch 8 or later, not trained again from 1
 
 
 def _wait_final(flow_run_id: UUID, timeout_s: float = 300) -> State:

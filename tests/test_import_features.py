@@ -172,6 +172,25 @@ def test_single_file_default_names_and_cli(tmp_path, capsys):
     _leaves_nothing(tmp_path / "t")
 
 
+def test_single_file_names_the_extractors_the_user_gives(tmp_path, capsys):
+    _single(tmp_path / "f.h5", {"train": 20, "test": 8}, per_second=False, onehot=True, classes=2)
+    assert main(["single", "--h5", str(tmp_path / "f.h5"), "--val-fraction", "0", "--out", str(tmp_path / "s"),
+                 "--audio-extractor", "openl3", "--visual-extractor", "clip-vit-b32"]) == 0
+    meta = load_feature_set(tmp_path / "s").meta
+    assert (meta["audio"]["extractor"], meta["visual"]["extractor"]) == ("openl3 (published features)",
+                                                                         "clip-vit-b32 (published features)")
+    assert main(["single", "--h5", str(tmp_path / "f.h5"), "--val-fraction", "0", "--out", str(tmp_path / "d")]) == 0
+    meta = load_feature_set(tmp_path / "d").meta  # default: the authors' VEGAS file in this layout
+    assert (meta["audio"]["extractor"], meta["visual"]["extractor"]) == ("vggish (published features)",
+                                                                         "inception (published features)")
+    capsys.readouterr()
+    assert _code(lambda: main(["single", "--h5", str(tmp_path / "f.h5"), "--out", str(tmp_path / "e"),
+                               "--visual-extractor", " "])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --visual-extractor: must name what produced the features, got ' '"]
+    _leaves_nothing(tmp_path / "e")
+
+
 @pytest.mark.parametrize("edit, problem", [
     (lambda h5: h5["audio_test"].__setitem__((3, 5), np.nan), "audio_test, row 3 (clip 'test_00003'): non-finite"),
     (lambda h5: h5["lab_train"].__setitem__(2, np.zeros(4)), "lab_train row 2 is not one-hot"),

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from hscmae import diagnostics, losses
+from hscmae.cca import canonical_correlations, canonical_space
 from hscmae.config import MODEL_PRESETS, methods
 from hscmae.data import ClipArrays
-from hscmae.model import HSCMAE
+from hscmae.model import HSCMAE, teacher_space
 from hscmae.train import fit
 
 
@@ -45,7 +46,7 @@ def test_teacher_canonical_positives_are_purer_than_raw_input_neighbours():
     labels = torch.from_numpy(clips.label_id)
     with torch.no_grad():
         clean = model.standardize(raw)
-        canonical, _ = losses.teacher_canonical(model.forward_encoder(clean), ridge=1e-3)
+        canonical, _ = teacher_space(model.encoders, clean, ridge=1e-3)
     targets = {name: losses.soft_targets(z, topk=5, temperature=0.05, self_weight=0.0)
                for name, z in (("raw", clean), ("teacher", canonical))}
     purity = {name: diagnostics.positive_purity(t, labels) for name, t in targets.items()}
@@ -121,9 +122,9 @@ def test_teacher_canonical_variates_are_paired_by_the_deep_cca_correlations():
     shared = rng.normal(size=(400, 3))
     latent = {"audio": torch.tensor(shared @ rng.normal(size=(3, 6)) + 0.5 * rng.normal(size=(400, 6))),
               "visual": torch.tensor(shared @ rng.normal(size=(3, 5)) + 0.5 * rng.normal(size=(400, 5)))}
-    variates, cmap = losses.teacher_canonical(latent, ridge=1e-9)
+    variates, cmap = canonical_space(latent, ridge=1e-9)
     a, v = variates["audio"].numpy(), variates["visual"].numpy()
-    corr = losses.canonical_correlations(latent["audio"], latent["visual"], ridge=1e-9).numpy()
+    corr = canonical_correlations(latent["audio"], latent["visual"], ridge=1e-9).numpy()
     # each variate is scaled by its correlation: var(a_k) = corr_k^2, cov(a_k, v_k) = corr_k^3
     np.testing.assert_allclose(np.cov(a.T), np.diag(corr ** 2), atol=1e-6)
     np.testing.assert_allclose(np.diag(np.cov(a.T, v.T)[:5, 5:]), corr ** 3, atol=1e-6)

@@ -64,6 +64,21 @@ def test_ties_differ_from_tie_breaking():
     assert average_precision_score(relevant[0], scores[0]) == pytest.approx(expected)
 
 
+def test_ties_in_some_rows_only_equal_sklearn():
+    """Rows where a clip and its mirror image tie (relevant with relevant, or with irrelevant) beside untied rows."""
+    rng = np.random.default_rng(14)
+    g = rng.normal(size=(150, 6))
+    g[75:] = g[:75] * [1, 1, 1, 1, 1, -1]  # mirror images in the last coordinate
+    q = rng.normal(size=(100, 6))
+    q[:50, 5] = 0  # these queries score each clip and its mirror image the same
+    ql, gl = rng.integers(0, 3, 100), rng.integers(0, 3, 150)
+    scores = cosine_similarity(q, g)
+    assert (scores[:50, :75] == scores[:50, 75:]).all() and (scores[50:, :75] != scores[50:, 75:]).all()
+    ours = retrieval_metrics(q, g, ql, gl, ks=(), recall_levels=()).average_precision
+    reference = [average_precision_score(gl == ql[i], scores[i]) for i in range(len(q))]
+    np.testing.assert_allclose(ours, reference, atol=1e-9)
+
+
 def test_score_level_ap_equals_sklearn_on_integer_scores():
     rng = np.random.default_rng(3)
     scores = rng.integers(0, 4, size=(40, 90))

@@ -1,5 +1,7 @@
 """Clip arrays, masking and the student model against numpy references."""
 
+import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -7,10 +9,11 @@ import pytest
 import scipy.special
 import torch
 
-from hscmae.config import LOSS_TERMS, MODEL_PRESETS, MethodConfig, ModelConfig, methods
+from hscmae import losses
+from hscmae.config import LOSS_TERMS, MODEL_PRESETS, LossConfig, MethodConfig, ModelConfig, methods
 from hscmae.data import ClipArrays
-from hscmae.model import HSCMAE, Dropout, mask_elements, mask_seconds
-from hscmae.train import embed
+from hscmae.inference import embed
+from hscmae.model import HSCMAE, Dropout, mask_elements, mask_seconds, teacher_space
 from pipeline.features.shards import FeatureSet
 
 
@@ -137,14 +140,74 @@ def test_embed_is_the_eval_encoder_of_standardised_inputs_in_any_batch_size():
     np.testing.assert_allclose(a1, h, atol=1e-5)
 
 
-def test_forward_reconstructs_every_modality_from_latents():
-    model = _model().eval()
-    x = {"audio": torch.randn(5, 6), "visual": torch.randn(5, 9)}
-    out = model(x)
-    for m in ("audio", "visual"):
-        assert torch.equal(out.latent[m], model.encoders[m](x[m]))
-        assert torch.equal(out.recon[m], model.decoders[m](out.latent[m]))
-    assert out.recon["visual"].shape == (5, 9)
+def _batch(n: int = 24, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Raw pooled features of ``n`` clips (audio 6-d, visual 9-d) with their 3 seconds each (time mode)."""
+    g = torch.Generator().manual_seed(seed)
+    seq = {"audio": torch.randn(n, 3, 6, generator=g) + 2.0, "visual": torch.randn(n, 3, 9, generator=g)}
+    valid = torch.ones(n, 3, dtype=torch.bool)
+    return {**{m: x.mean(1) for m, x in seq.items()}, **{f"{m}_seq": x for m, x in seq.items()},
+            **{f"{m}_valid": valid for m in seq}}
+
+
+def _stats_model() -> HSCMAE:
+    model = _model().eval()  # dropout off: the terms below are deterministic given the masking noise
+    batch = _batch(200, seed=9)
+    model.set_input_stats({m: batch[m].numpy() for m in ("audio", "visual")})
+    return model
+
+
+def test_forward_loss_terms_are_the_levels_of_its_masked_view():
+    model, batch = _stats_model(), _batch()
+    cfg = LossConfig(mask_mode="element", mask_ratio=0.4, topk=0, learn_weights=False)
+    terms = {name: float(value.detach()) for name, value in model.forward_loss(
+        batch, config=cfg, teacher=None, generator=torch.Generator().manual_seed(5)).items()}
+    assert tuple(terms) == ("global", "local", "recon")
+    # the same steps by hand: standardise, mask audio then visual from the same noise, encode, decode
+    g = torch.Generator().manual_seed(5)
+    clean = {m: (batch[m] - getattr(model, f"{m}_mean")) / getattr(model, f"{m}_std") for m in ("audio", "visual")}
+    masked = {m: mask_elements(clean[m], ratio=0.4, generator=g) for m in ("audio", "visual")}
+    with torch.no_grad():
+        latent = {m: model.encoders[m](masked[m][0]) for m in masked}
+        clean_latent = {m: model.encoders[m](clean[m]) for m in clean}
+        recon = [((model.decoders[m](latent[m]) - clean[m]) ** 2)[masked[m][1]].mean() for m in masked]
+    assert terms["recon"] == pytest.approx(float(sum(recon) / 2), rel=1e-6)
+    assert terms["global"] == pytest.approx(float(losses.cca_loss(
+        clean_latent["audio"], clean_latent["visual"], k=None, ridge=cfg.cca_ridge)), rel=1e-9)
+    a = torch.nn.functional.normalize(latent["audio"], dim=1)
+    v = torch.nn.functional.normalize(latent["visual"], dim=1)
+    logits = (a @ v.T / cfg.nce_temperature).double().numpy()
+    own = np.arange(len(logits))
+    nce = [-(scipy.special.log_softmax(x, axis=1)[own, own]).mean() for x in (logits, logits.T)]
+    assert terms["local"] == pytest.approx(np.mean(nce), rel=1e-5)  # plain InfoNCE: topk=0
+
+
+def test_forward_view_is_clean_without_masking_and_drops_seconds_in_time_mode():
+    model, batch = _stats_model(), _batch()
+    clean = model.standardize(batch)
+    view, mask = model.forward_view(batch, clean, ratio=0.0, mode="time", generator=torch.Generator())
+    assert view is clean and mask == {"audio": None, "visual": None}
+    view, mask = model.forward_view(batch, clean, ratio=0.4, mode="time", generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    for m in ("audio", "visual"):  # 3 seconds at 0.4: one second of every clip is left out of its mean
+        pooled, lost = mask_seconds(batch[f"{m}_seq"], batch[f"{m}_valid"], ratio=0.4, generator=g)
+        torch.testing.assert_close(view[m], (pooled - getattr(model, f"{m}_mean")) / getattr(model, f"{m}_std"))
+        assert bool(lost.all()) and bool(mask[m].all()) and not torch.allclose(view[m], clean[m])
+
+
+def test_a_teacher_equal_to_the_student_leaves_nothing_to_distill():
+    model, batch = _stats_model(), _batch(40)
+    teacher = copy.deepcopy(model.encoders)
+    cfg = dataclasses.replace(methods()["hscmae+distill"].loss, mask_ratio=0.0, recon_target="full")
+    found = model.forward_loss(batch, config=cfg, teacher=teacher, generator=torch.Generator())
+    terms = {name: float(value.detach()) for name, value in found.items()}
+    assert terms["distill"] == pytest.approx(0.0, abs=1e-5)  # clean view: the teacher's own latents
+    canonical, cmap = teacher_space(teacher, model.standardize(batch), ridge=cfg.cca_ridge)
+    targets = losses.soft_targets(canonical, topk=cfg.topk, temperature=cfg.teacher_temperature, self_weight=1.0)
+    with torch.no_grad():
+        latent = model.forward_encoder(model.standardize(batch))
+    assert terms["local"] == pytest.approx(float(losses.multi_positive_infonce(
+        latent["audio"], latent["visual"], targets, temperature=cfg.nce_temperature)), rel=1e-6)
+    torch.testing.assert_close(cmap(latent)["audio"], canonical["audio"])
 
 
 @pytest.mark.parametrize("name", sorted(methods()))
@@ -153,15 +216,19 @@ def test_method_configs_round_trip_through_json(name):
     assert MethodConfig.from_dict(json.loads(json.dumps(method.to_dict()))) == method
 
 
-def test_ablations_each_switch_exactly_one_flag():
+def test_ablations_remove_what_their_names_say():
     registry = methods()
     base = registry["hscmae"].loss
     assert base.active == ("global", "local", "recon")
-    flips = {"hscmae-no-global": "use_global", "hscmae-no-local": "use_local", "hscmae-no-recon": "use_recon",
-             "hscmae-fixed-weights": "learn_weights", "hscmae+distill": "use_distill"}
-    for name, flag in flips.items():
+    flips = {"hscmae-no-global": {"use_global"}, "hscmae-no-local": {"use_local"},
+             "hscmae-no-recon-decoder": {"use_recon"},  # the decoder only: the student still sees the masked view
+             "hscmae-no-sample": {"use_recon", "mask_ratio"},  # the whole sample level: clean view, no decoder
+             "hscmae-fixed-weights": {"learn_weights"}, "hscmae+distill": {"use_distill"}}
+    for name, flags in flips.items():
         changed = {k for k, v in vars(registry[name].loss).items() if v != getattr(base, k)}
-        assert changed == {flag}, name
+        assert changed == flags, name
+    assert registry["hscmae-no-recon-decoder"].loss.mask_ratio == base.mask_ratio > 0
+    assert registry["hscmae-no-sample"].loss.mask_ratio == 0 and "hscmae-no-recon" not in registry
     assert registry["dcca"].loss.active == ("global",)
     assert registry["clip"].loss.active == ("local",) and registry["clip"].loss.topk == 0
     assert registry["cav-mae"].loss.active == ("local", "recon") and not registry["cav-mae"].loss.needs_teacher
@@ -183,14 +250,44 @@ def test_updated_merges_parts_field_by_field_and_rejects_unknown_keys():
     changed = base.updated({"model": {"hidden": 64}, "loss": {"topk": 9}, "cca_dim": 7})
     assert (changed.model.hidden, changed.model.latent, changed.loss.topk, changed.loss.use_global, changed.cca_dim) \
         == (64, base.model.latent, 9, True, 7)
-    with pytest.raises(ValueError, match=r"hscmae.loss config: unknown keys \['top_k'\]"):
+    with pytest.raises(ValueError, match=r"loss.top_k\n  Unexpected keyword argument"):
         base.updated({"loss": {"top_k": 3}})
+    with pytest.raises(ValueError, match=r"loss.mask_ratio\n  Input should be less than 1"):
+        base.updated({"loss": {"mask_ratio": 1.0}})
 
 
 def test_config_errors_name_the_problem():
-    with pytest.raises(ValueError, match=r"unknown keys \['hiden'\]"):
+    with pytest.raises(ValueError, match=r"model.hiden\n  Unexpected keyword argument"):
         MethodConfig.from_dict({"name": "x", "model": {"hiden": 3}})
-    with pytest.raises(ValueError, match="mask_mode 'frames'"):
+    with pytest.raises(ValueError, match=r"loss.mask_mode\n  Input should be 'auto', 'element' or 'time'"):
         MethodConfig.from_dict({"name": "x", "loss": {"mask_mode": "frames"}})
     with pytest.raises(ValueError, match="no loss term"):
         MethodConfig.from_dict({"name": "x", "loss": {"use_global": False, "use_local": False, "use_recon": False}})
+    with pytest.raises(ValueError, match="recon_target 'masked' needs mask_ratio > 0"):
+        LossConfig(mask_ratio=0.0)
+    with pytest.raises(ValueError, match="topk > 0 or self_weight > 0"):
+        LossConfig(topk=0, self_weight=0.0)
+    with pytest.raises(ValueError, match=r"cca_ridge\n  Input should be greater than 0"):
+        methods()["linear-cca"].updated({"cca_ridge": 0.0})
+    with pytest.raises(ValueError, match="cca_ridge is the ridge of closed-form methods"):
+        methods()["hscmae"].updated({"cca_ridge": 0.1})
+    with pytest.raises(ValueError, match=r"train.patience\n  Input should be greater than or equal to 1"):
+        methods()["hscmae"].updated({"train": {"patience": 0}})
+
+
+def test_auto_masking_resolves_to_elements_on_clip_level_input_and_seconds_otherwise():
+    arrays = ClipArrays.from_feature_set(_feature_set())  # 1 to 5 seconds per clip
+    assert arrays.clip_level_modalities == ()
+    pooled = dataclasses.replace(arrays, audio=arrays.audio[:, :1], audio_valid=arrays.audio_valid[:, :1])
+    assert pooled.clip_level_modalities == ("audio",)  # one second in every clip: nothing to drop there
+    hscmae = methods()["hscmae"]
+    assert hscmae.loss.mask_mode == "auto"
+    assert hscmae.for_input(clip_level=False).loss.mask_mode == "time"
+    assert hscmae.for_input(clip_level=True).loss.mask_mode == "element"
+    explicit = hscmae.updated({"loss": {"mask_mode": "time"}})
+    assert explicit.for_input(clip_level=True) == explicit  # an explicit choice is kept
+    resolved = hscmae.for_input(clip_level=True)
+    assert dataclasses.replace(resolved, loss=dataclasses.replace(resolved.loss, mask_mode="auto")) == hscmae
+    model = _stats_model()
+    with pytest.raises(ValueError, match="mask_mode 'auto': resolve it for the data first"):
+        model.forward_view(_batch(), model.standardize(_batch()), ratio=0.3, mode="auto", generator=torch.Generator())

@@ -1,12 +1,14 @@
-"""Evaluation protocol: partial observation (dropped seconds) and seed-noise marks in the tables."""
+"""Evaluation protocol: partial observation (dropped seconds, or entries of clip-level vectors) and what the tables
+say: seed-noise marks, input level, training budget, tuning."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from hscmae.config import ExperimentConfig
 from hscmae.data import ClipArrays
-from hscmae.evaluate import drop_seconds, evaluate_partial
+from hscmae.evaluate import drop_entries, drop_seconds, evaluate_partial
 from hscmae.metrics import mean_average_precision
 from hscmae.report import BEST, WITHIN_NOISE, markdown_table, noise_marks
 
@@ -48,6 +50,50 @@ def test_dropped_seconds_are_spread_over_the_clip():
     assert np.all(np.abs(share - 0.7) < 0.1), share
 
 
+NO_FILL = {"audio": np.full(3, np.nan), "visual": np.full(4, np.nan)}  # per-second data never use it
+
+
+def clip_level(n: int, seed: int = 0) -> ClipArrays:
+    """``n`` clips of one second (clip-level features, ``T = 1``): audio 40-d, visual 50-d, labels 0/1."""
+    rng = np.random.default_rng(seed)
+    valid = np.ones((n, 1), dtype=bool)
+    return ClipArrays(audio=rng.normal(size=(n, 1, 40)).astype(np.float32),
+                      visual=rng.normal(size=(n, 1, 50)).astype(np.float32),
+                      audio_valid=valid, visual_valid=valid.copy(), label_id=np.arange(n) % 2)
+
+
+def test_drop_entries_sets_the_stated_share_of_each_vector_to_the_fill():
+    data = clip_level(300)
+    fill = {"audio": np.full(40, 7.0, dtype=np.float32), "visual": np.full(50, -7.0, dtype=np.float32)}
+    dropped = drop_entries(data, 0.3, fill=fill, modalities=("audio", "visual"))
+    for m, d in (("audio", 40), ("visual", 50)):
+        changed = dropped.features(m) != data.features(m)
+        # round(0.3 * D) of each clip's entries: 12 of 40, 15 of 50, each one set to the fill value
+        assert changed.sum(axis=(1, 2)).tolist() == [round(0.3 * d)] * 300
+        assert np.all(dropped.features(m)[changed] == fill[m][0])
+        assert np.all(np.abs(changed.mean(axis=(0, 1)) - 0.3) < 0.1)  # spread over the entries
+    np.testing.assert_array_equal(dropped.audio_valid, data.audio_valid)
+    only_audio = drop_entries(data, 0.3, fill=fill, modalities=("audio",))
+    np.testing.assert_array_equal(only_audio.visual, data.visual)
+    assert drop_entries(data, 0.3, fill=fill, modalities=()) is data
+
+
+def test_partial_columns_of_clip_level_input_drop_entries_not_repeat_the_plain_score():
+    data = clip_level(60, seed=1)
+    assert data.clip_level_modalities == ("audio", "visual")
+    fill = {m: x.mean(axis=0) for m, x in zip(("audio", "visual"), data.pooled())}
+
+    def embedder(clips: ClipArrays) -> tuple[np.ndarray, np.ndarray]:  # the pooled vector, first 40 dims
+        a, v = clips.pooled()
+        return a, v[:, :40]
+
+    found = evaluate_partial(embedder, data, fill=fill, drops=(0.5,))
+    labels = data.label_id
+    a, v = embedder(drop_entries(data, 0.5, fill=fill, modalities=("audio", "visual")))
+    assert found["drop50_a2v_map"] == pytest.approx(mean_average_precision(a, v, labels, labels), abs=1e-12)
+    assert found["drop50_a2v_map"] != pytest.approx(mean_average_precision(*embedder(data), labels, labels), abs=1e-6)
+
+
 def test_partial_metrics_are_the_map_of_the_reembedded_clips():
     data = clip_arrays([10, 9, 8, 7, 6, 5], [6, 7, 8, 9, 10, 4])
 
@@ -55,13 +101,13 @@ def test_partial_metrics_are_the_map_of_the_reembedded_clips():
         a, v = clips.pooled()
         return a, v[:, :3]
 
-    found = evaluate_partial(embedder, data, drops=(0.5,))
+    found = evaluate_partial(embedder, data, fill=NO_FILL, drops=(0.5,))
     a, v = embedder(drop_seconds(data, 0.5))
     labels = data.label_id
     assert found["drop50_a2v_map"] == pytest.approx(mean_average_precision(a, v, labels, labels), abs=1e-12)
     assert found["drop50_v2a_map"] == pytest.approx(mean_average_precision(v, a, labels, labels), abs=1e-12)
     assert found["drop50_mean_map"] == pytest.approx((found["drop50_a2v_map"] + found["drop50_v2a_map"]) / 2)
-    full = evaluate_partial(embedder, data, drops=(0.0,))
+    full = evaluate_partial(embedder, data, fill=NO_FILL, drops=(0.0,))
     assert full["drop0_a2v_map"] == pytest.approx(mean_average_precision(*embedder(data), labels, labels))
 
 
@@ -86,10 +132,31 @@ def test_markdown_table_shows_marks_partial_columns_and_legend():
     summary = {"x": {"mean_map": stats(0.6, 0.01), "drop30_mean_map": stats(0.41, 0.02)},
                "y": {"mean_map": stats(0.595, 0.002), "drop30_mean_map": stats(0.45, 0.01)}}
     info = {"dataset": "d", "source": "s", "clips": {"train": 1, "val": 2, "test": 3}, "weights": "w",
-            "seeds": [0, 1, 2]}
+            "seeds": [0, 1, 2], "clip_level": []}
     table = markdown_table(summary, info)
     row = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith(("| x", "| y"))}
     assert "**0.600 ± 0.010**" in row["x"] and "0.595 ± 0.002 ≈" in row["y"]
     assert "**0.450 ± 0.010**" in row["y"] and "0.410 ± 0.020 |" in row["x"]  # 0.04 apart: beyond both stds
     assert "30 % s dropped" in table and "within one standard deviation of the best" in table
     assert "seeds: 3" in table and "model selection" in table and "train 1, val 2, test 3" in table
+    assert "input: per-second features" in table and "tuning" not in table  # no config given: no budget, no tuning
+
+
+def test_header_says_the_input_level_the_training_budget_and_the_tuning():
+    summary = {"hscmae": {"mean_map": stats(0.6, 0.01), "drop30_mean_map": stats(0.5, 0.01)}}
+    info = {"dataset": "d", "source": "s", "clips": {"train": 1, "val": 2, "test": 3}, "weights": "w",
+            "seeds": [0], "clip_level": ["audio", "visual"]}
+    table = markdown_table(summary, info, ExperimentConfig(methods=["hscmae", "linear-cca"], epochs=40, patience=15))
+    header = [line for line in table.splitlines() if line.startswith(">")]
+    assert "> input: clip-level features in every modality (one vector per clip, T = 1); the sample level " \
+           "(mask_mode auto → element) masks entries of the pooled vector" in table
+    assert "30 % entries dropped" in table and "30 % s dropped" not in table
+    assert "> training: at most 40 epochs, stops early after 15 epochs without a better val mAP  " in header
+    assert header[-1] == "> tuning: none (each method's default recipe)  "
+    tuned = ExperimentConfig(methods=["clip"], patience=50, epochs=40,
+                             tuning={"trials_per_method": 20, "storage": "sqlite:///t/studies.db",
+                                     "studies": {"clip": "clip-abc"}, "best_val_score": {"clip": 0.5}})
+    table = markdown_table(summary, {**info, "clip_level": ["visual"]}, tuned)
+    assert "> tuning: tuned on val: 20 trials per method (Optuna study in sqlite:///t/studies.db)  " in table
+    assert "training: at most 40 epochs, no early stopping (patience ≥ epochs)" in table
+    assert "clip-level features in visual" in table and "30 % dropped" in table

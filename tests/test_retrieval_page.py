@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hscmae.experiment import ExperimentConfig, run_experiment
+from hscmae.config import ExperimentConfig
+from hscmae.experiment import run_experiment
+from hscmae.retrieval_page import shown_run
 from pipeline.datasets.demo_videos import LABELS_FILE, DemoConfig, write_demo
 from pipeline.datasets.folder import SplitConfig, build_folder_manifest
 from pipeline.datasets.schema import write_manifest
@@ -111,3 +113,8 @@ def test_hits_are_marked_relevant_exactly_when_labels_match(video_run):
         assert 0 < ap <= 1
         for cls, text in cells[2:]:
             assert (cls == "rel") == (label[text.split()[0]] == query_label), text
+
+
+def test_the_page_shows_hscmae_when_the_run_has_it_else_the_first_method_with_its_lowest_seed():
+    assert shown_run([("clip", 2), ("hscmae", 3), ("hscmae", 1)]) == ("hscmae", 1)
+    assert shown_run([("dcca", 4), ("linear-cca", 0), ("dcca", 2)]) == ("dcca", 2)

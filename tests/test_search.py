@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hscmae.embeddings import Embeddings, read_embeddings, write_embeddings
-from hscmae.search import SCORE_GRID, Index, faiss_available, main
+from hscmae.search import SCORE_GRID, Index, faiss_available, float32_margin, main
 
 
 def brute_force(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -33,12 +33,12 @@ def tied_index(n: int = 300, dim: int = 6, seed: int = 0) -> Index:
 
 
 @pytest.mark.parametrize("direction", ["a2v", "v2a"])
-@pytest.mark.parametrize("chunk_bytes", [None, 2000])
+@pytest.mark.parametrize("chunk_bytes", [None, 200])
 def test_top_k_equals_brute_force_with_ties(direction, chunk_bytes):
     index = tied_index()
     query_m, gallery_m = ("audio", "visual") if direction == "a2v" else ("visual", "audio")
     queries = index.vectors(query_m)[:40]
-    kwargs = {} if chunk_bytes is None else {"max_chunk_bytes": chunk_bytes}  # 2000 B: 2-clip gallery chunks
+    kwargs = {} if chunk_bytes is None else {"max_chunk_bytes": chunk_bytes}  # 200 B: one query, max(k, 16) clips
     for k in (1, 7, 25):
         found = index.search(queries, k, direction, **kwargs)
         want_index, want_score = brute_force(queries, index.vectors(gallery_m), k)
@@ -46,6 +46,42 @@ def test_top_k_equals_brute_force_with_ties(direction, chunk_bytes):
         np.testing.assert_array_equal(found.score, want_score)
     # the set really has ties inside the top 25, so tie-breaking was exercised
     assert (np.diff(want_score, axis=1) == 0).any()
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 6000])
+def test_cosines_closer_than_float32_rounding_are_ranked_exactly(chunk_bytes):
+    """Float32 scores cannot order these clips; the float64 re-scoring of the candidates must."""
+    rng = np.random.default_rng(2)
+    n, dim = 800, 16
+    queries = rng.normal(size=(3, dim)).astype(np.float32)
+    # 200 clips near each query (cosines 1 - ~1e-8: apart by more than SCORE_GRID, less than float32 rounding),
+    # and 200 random clips
+    near = [q + 3e-5 * np.linalg.norm(q) * rng.normal(size=(200, dim)) for q in queries]
+    visual = np.concatenate([*near, rng.normal(size=(200, dim))]).astype(np.float32)[rng.permutation(n)]
+    index = Index(clip_id=np.arange(n).astype(str).astype(object), label=np.full(n, None, dtype=object),
+                  split=np.full(n, None, dtype=object), audio=visual.copy(), visual=visual)
+    unit = visual / np.linalg.norm(visual, axis=1, keepdims=True)
+    fast = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ unit.T
+    float32_levels = [len(np.unique(row)) for row in np.sort(fast, axis=1)[:, -50:]]  # float32 ties most of each top 50
+    kwargs = {} if chunk_bytes is None else {"max_chunk_bytes": chunk_bytes}  # 6000 B: one query, 500-clip chunks
+    for k in (1, 10, 50):
+        found = index.search(queries, k, "a2v", **kwargs)
+        want_index, want_score = brute_force(queries, visual, k)
+        np.testing.assert_array_equal(found.index, want_index)
+        np.testing.assert_array_equal(found.score, want_score)
+    float64_levels = [len(np.unique(row)) for row in want_score]  # the exact scores mostly differ
+    assert all(exact > 2 * coarse for exact, coarse in zip(float64_levels, float32_levels))
+
+
+@pytest.mark.parametrize("dim", [2, 32, 512])
+def test_float32_margin_covers_twice_the_float32_error(dim):
+    """The candidate margin against the float32 error of cosines of float64 unit vectors rounded to float32."""
+    rng = np.random.default_rng(dim)
+    for a, b in ((rng.normal(size=(300, dim)), rng.normal(size=(400, dim))),
+                 (rng.random((300, dim)), rng.random((400, dim)))):  # all products positive: errors add up
+        a, b = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
+        error = np.abs(a.astype(np.float32) @ b.astype(np.float32).T - a @ b.T).max()
+        assert 0 < 2 * error < float32_margin(dim)
 
 
 def test_whole_gallery_and_bad_arguments():

@@ -1,4 +1,5 @@
-"""Training loop: learning, determinism, resume, non-finite stops, schedules."""
+"""Training: learning, determinism, resume, early stopping, non-finite and dead terms, schedules, clip-level
+input, the degenerate-batch warning."""
 
 import dataclasses
 
@@ -7,11 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hscmae import losses
 from hscmae.config import MethodConfig, ModelConfig, TrainConfig, methods
 from hscmae.data import ClipArrays
-from hscmae.train import ema_momentum, ema_update, embed, fit, lr_factor
-
+from hscmae.engine import check_alive, check_finite
+from hscmae.inference import embed
+from hscmae.schedules import ema_momentum, ema_update, lr_factor
+from hscmae.train import fit, stops, warn_degenerate_cca
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -40,13 +42,31 @@ def recall_at_1(audio: np.ndarray, visual: np.ndarray, labels: np.ndarray) -> fl
     return float(((a @ v.T).argmax(1) == np.arange(len(a))).mean())
 
 
-def _small(name: str, epochs: int = 4, **loss_changes) -> MethodConfig:
+def _small(name: str, epochs: int = 4, patience: int = 100, **loss_changes) -> MethodConfig:
     method = methods()[name]
     return dataclasses.replace(
         method, model=ModelConfig(hidden=32, depth=1, latent=8, dropout=0.1),
         loss=dataclasses.replace(method.loss, weight_warmup_epochs=1, **loss_changes),
-        train=TrainConfig(batch_size=64, epochs=epochs, warmup_epochs=1, lr=3e-3, device="cpu"),
+        train=TrainConfig(batch_size=64, epochs=epochs, patience=patience, warmup_epochs=1, lr=3e-3, device="cpu"),
     )
+
+
+class Scripted:
+    """A scorer that returns ``scores`` in turn (from ``start``) and keeps the val embeddings it was shown;
+    it raises ``KeyboardInterrupt`` at call ``crash`` (a killed run)."""
+
+    def __init__(self, scores: list[float], *, start: int = 0, crash: int | None = None) -> None:
+        self.scores, self.calls, self.crash, self.seen = scores, start, crash, []
+
+    def __call__(self, audio: np.ndarray, visual: np.ndarray, labels: np.ndarray) -> float:
+        self.calls += 1
+        if self.calls == self.crash:
+            raise KeyboardInterrupt(f"simulated crash during epoch {self.calls}")
+        self.seen.append((audio.copy(), visual.copy()))
+        return self.scores[self.calls - 1]
+
+
+SCRIPT = [0.1, 0.5, 0.4, 0.45, 0.3, 0.6, 0.2]  # best at epoch 2, then three epochs without a better score
 
 
 def _drop_seconds(history):
@@ -62,8 +82,9 @@ def test_training_beats_the_untrained_model(name):
     before = recall_at_1(*embed(untrained.model, VAL), VAL.label_id)
     after = recall_at_1(*embed(result.model, VAL), VAL.label_id)
     assert after > before + 0.2 and after > 0.4, (before, after)
-    best = result.history[result.best_epoch]["val_score"]
-    assert after == pytest.approx(best) and best == max(h["val_score"] for h in result.history)
+    best = result.history[result.best_epoch - 1]["val_score"]
+    assert after == pytest.approx(best) and best == result.val_score == max(h["val_score"] for h in result.history)
+    assert [h["epoch"] for h in result.history] == list(range(1, 13)) and result.stopped_epoch == 12
     assert set(result.history[0]) >= set(method.loss.active) | {"total", "weights", "val_score", "seconds"}
 
 
@@ -109,24 +130,102 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
         assert torch.equal(best[k], v), k
 
 
+def test_stopping_rule_counts_epochs_without_a_better_score():
+    train = TrainConfig(epochs=10, patience=3)
+    assert not stops(train, epoch=0, best_epoch=0)  # nothing trained yet
+    assert not stops(train, epoch=4, best_epoch=2) and stops(train, epoch=5, best_epoch=2)
+    assert stops(train, epoch=10, best_epoch=10)  # the budget is spent
+    assert not any(stops(TrainConfig(epochs=10, patience=10), epoch=e, best_epoch=1) for e in range(1, 10))
+
+
+def test_early_stopping_cuts_the_run_it_does_not_change():
+    """Patience 3 stops after epoch 5 (best at 2); its epochs are those of the full run, and the model it keeps
+    is the full run's epoch 2. Patience >= epochs is the run without early stopping."""
+    method = _small("hscmae", epochs=7)
+    full = fit(method, TRAIN, VAL, seed=2, scorer=(seen := Scripted(SCRIPT)), progress=False)
+    assert (len(full.history), full.best_epoch, full.stopped_epoch) == (7, 6, 7)
+    assert [h["best_epoch"] for h in full.history] == [1, 2, 2, 2, 2, 6, 6]
+    same = fit(dataclasses.replace(method, train=dataclasses.replace(method.train, patience=7)), TRAIN, VAL, seed=2,
+               scorer=Scripted(SCRIPT), progress=False)
+    assert _drop_seconds(same.history) == _drop_seconds(full.history) and same.best_epoch == full.best_epoch
+    stopped = fit(dataclasses.replace(method, train=dataclasses.replace(method.train, patience=3)), TRAIN, VAL, seed=2,
+                  scorer=Scripted(SCRIPT), progress=False)
+    assert (stopped.best_epoch, stopped.stopped_epoch, stopped.val_score) == (2, 5, 0.5)
+    assert _drop_seconds(stopped.history) == _drop_seconds(full.history[:5])
+    for kept, at_epoch_2 in zip(embed(stopped.model, VAL), seen.seen[1]):
+        np.testing.assert_array_equal(kept, at_epoch_2)
+
+
+def test_a_resumed_run_keeps_counting_its_patience(tmp_path):
+    method = _small("hscmae", epochs=7, patience=3)
+    straight = fit(method, TRAIN, VAL, seed=2, scorer=Scripted(SCRIPT), checkpoint_dir=tmp_path / "a", progress=False)
+    with pytest.raises(KeyboardInterrupt):  # killed during epoch 4: epochs 1-3 are checkpointed, best at 2
+        fit(method, TRAIN, VAL, seed=2, scorer=Scripted(SCRIPT, crash=4), checkpoint_dir=tmp_path / "b",
+            progress=False)
+    resumed = fit(method, TRAIN, VAL, seed=2, scorer=Scripted(SCRIPT, start=3), checkpoint_dir=tmp_path / "b",
+                  progress=False)
+    assert (resumed.best_epoch, resumed.stopped_epoch) == (straight.best_epoch, straight.stopped_epoch) == (2, 5)
+    assert _drop_seconds(resumed.history) == _drop_seconds(straight.history)
+    again = fit(method, TRAIN, VAL, seed=2, scorer=Scripted([], crash=1), checkpoint_dir=tmp_path / "b",
+                progress=False)  # a run that stopped early is done: resuming trains and scores nothing
+    assert again.stopped_epoch == 5 and _drop_seconds(again.history) == _drop_seconds(straight.history)
+    for x, y in zip(embed(again.model, VAL), embed(straight.model, VAL)):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_resume_refuses_a_different_config(tmp_path):
     fit(_small("clip", epochs=1), TRAIN, VAL, seed=0, scorer=recall_at_1, checkpoint_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match=r"different \['method'\]"):
         fit(_small("dcca", epochs=1), TRAIN, VAL, seed=0, scorer=recall_at_1, checkpoint_dir=tmp_path, progress=False)
 
 
-def test_non_finite_loss_term_stops_with_its_name_and_step(monkeypatch):
-    real = losses.cca_loss
-    calls = []
+def test_non_finite_loss_term_stops_with_its_name_and_step():
+    terms = {"global": torch.tensor(-0.5, dtype=torch.float64), "local": torch.tensor(float("nan")),
+             "gradient norm": torch.tensor(float("inf"))}
+    with pytest.raises(FloatingPointError, match=r"^hscmae: local is nan at epoch 1, step 6; training stopped$"):
+        check_finite(terms, method="hscmae", epoch=1, step=6)
+    check_finite({"global": torch.tensor(-0.5), "total loss": torch.tensor(2.0)}, method="hscmae", epoch=0, step=0)
 
-    def poisoned(*args, **kwargs):
-        calls.append(1)
-        value = real(*args, **kwargs)
-        return value * float("nan") if len(calls) == 7 else value
 
-    monkeypatch.setattr(losses, "cca_loss", poisoned)
-    with pytest.raises(FloatingPointError, match=r"hscmae: global is nan at epoch 1, step 6"):
-        fit(_small("hscmae"), TRAIN, VAL, seed=0, scorer=recall_at_1, progress=False)
+def test_a_term_that_is_zero_at_every_step_stops_training():
+    with pytest.raises(ValueError, match=r"^hscmae: the recon term is 0 at every step of epoch 2 \(no entry of any "
+                                         r"clip was masked\), so it trains nothing; training stopped$"):
+        check_alive({"global": 0, "local": 0, "recon": 3}, 3, method="hscmae", epoch=2)
+    check_alive({"global": 0, "recon": 2}, 3, method="hscmae", epoch=2)  # zero at some steps only: alive
+
+
+def _one_second(clips: ClipArrays) -> ClipArrays:
+    """The clips as clip-level features: one pooled vector each (``T = 1``), as the authors' published files."""
+    pooled = {m: x[:, None, :] for m, x in zip(("audio", "visual"), clips.pooled())}
+    valid = np.ones((len(clips), 1), dtype=bool)
+    return ClipArrays(audio=pooled["audio"], visual=pooled["visual"], audio_valid=valid, visual_valid=valid.copy(),
+                      label_id=clips.label_id)
+
+
+def test_clip_level_input_masks_entries_and_keeps_reconstruction_alive():
+    """One second per clip: time masking would drop nothing, the reconstruction term would be 0 and its learned
+    log-variance would fall every step; auto masking zeroes entries instead, and the term lives."""
+    train, val = _one_second(TRAIN), _one_second(VAL)
+    assert train.clip_level_modalities == ("audio", "visual")
+    result = fit(_small("hscmae", epochs=6), train, val, seed=0, scorer=recall_at_1, progress=False)
+    recon = [h["recon"] for h in result.history]
+    weights = [h["weights"]["recon"] for h in result.history]
+    assert all(value > 0.05 for value in recon), recon  # standardised inputs: a masked entry's error is O(1)
+    assert all(np.isfinite(w) and 0.2 < w < 5.0 for w in weights), weights
+    # the same run as explicit element masking (what auto resolves to), not as the time masking it replaces
+    element = fit(_small("hscmae", epochs=6, mask_mode="element"), train, val, seed=0, scorer=recall_at_1,
+                  progress=False)
+    assert _drop_seconds(element.history) == _drop_seconds(result.history)
+    with pytest.raises(ValueError, match=r"^hscmae: mask_mode 'time' at mask_ratio 0.3 drops no second of any "
+                                         r"training clip's audio or visual \(longest clip: audio 1, visual 1 s\): "
+                                         r"the student would see audio or visual unmasked, and the masked "
+                                         r"reconstruction of audio or visual 0 at every step; use mask_mode "
+                                         r"'auto' or 'element'"):
+        fit(_small("hscmae", mask_mode="time"), train, val, seed=0, scorer=recall_at_1, progress=False)
+    with pytest.raises(ValueError, match=r"at mask_ratio 0.1 drops no second of any training clip's audio or "
+                                         r"visual \(longest clip: audio 3, visual 3 s\)"):  # round(0.3) = 0 of 3
+        fit(_small("hscmae-no-recon-decoder", mask_mode="time", mask_ratio=0.1), TRAIN, VAL, seed=0,
+            scorer=recall_at_1, progress=False)
 
 
 def test_exploding_training_stops_instead_of_going_on():
@@ -175,9 +274,7 @@ def test_schedules_and_ema_update():
     ("hscmae", 16, "the global term and the teacher's canonical space")])
 def test_degenerate_batch_cca_is_named(name, batch, hurt, recwarn):
     """Latent 8: a batch of 16 leaves one correlation at 1 for any data (2*8 - 15), 17 none; clip has no batch CCA."""
-    method = _small(name, epochs=1)
-    fit(dataclasses.replace(method, train=dataclasses.replace(method.train, batch_size=batch)),
-        TRAIN, VAL, seed=0, scorer=recall_at_1, progress=False)
+    warn_degenerate_cca(_small(name, epochs=1), batch)
     found = [str(w.message) for w in recwarn if "CCA within batches" in str(w.message)]
     assert found == ([f"{name}: CCA within batches of {batch} clips of 8-d latents is degenerate: 1 canonical "
                       f"correlations are 1 for any data, so {hurt} {'hold' if ' and ' in hurt else 'holds'} chance correlation, not signal "

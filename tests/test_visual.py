@@ -15,14 +15,16 @@ import torch
 import torchvision
 from PIL import Image
 
-from extractors.visual import VISUAL_MODELS, VisualExtractor, build_visual, preprocess_frames
+from extractors.registry import VISUAL_MODELS, WeightsSpec
+from extractors.visual import VisualExtractor, build_visual, preprocess_frames
 from extractors.weights import WeightsNotFoundError
+from pipeline.vocab import RANDOM_WEIGHTS
 
 
 @functools.cache
 def random_model(name: str) -> VisualExtractor:
     """Each model built once per session (random weights)."""
-    return build_visual(name, weights="random")
+    return build_visual(name, weights=RANDOM_WEIGHTS)
 
 
 def make_image(height: int = 90, width: int = 160, seed: int = 0) -> np.ndarray:
@@ -128,13 +130,20 @@ def test_missing_weights_say_which_file_where_and_url(tmp_path: Path, monkeypatc
     message = str(missing.value)
     assert "resnet152-394f9c45.pth" in message and str(tmp_path / "checkpoints") in message
     assert "https://download.pytorch.org/models/resnet152-394f9c45.pth" in message
-    assert random_model("resnet50").meta()["weights"] == "random"
+    assert "`python -m extractors.weights fetch resnet152`" in message  # the registry names it
+    assert random_model("resnet50").meta()["weights"] == RANDOM_WEIGHTS
     with pytest.raises(ValueError, match="unknown visual model"):
-        build_visual("resnet18", weights="random")
+        build_visual("resnet18", weights=RANDOM_WEIGHTS)
 
 
-def test_the_flows_light_list_names_every_extractor():
-    """flows.common keeps the names without importing torch (fast --help); it must match the registry."""
-    from flows.common import VISUAL_MODELS as NAMES
-
-    assert NAMES == tuple(VISUAL_MODELS)
+@pytest.mark.parametrize("name", sorted(VISUAL_MODELS))
+def test_registry_names_each_models_own_published_file(name: str) -> None:
+    """The torch-free registry's weight files are those torchvision (IMAGENET1K_V1) and timm publish."""
+    spec = VISUAL_MODELS[name]
+    if spec.library == "torchvision":
+        url = torchvision.models.get_model_weights(spec.arch).IMAGENET1K_V1.url
+        assert spec.weights == WeightsSpec(file_name=url.rsplit("/", 1)[-1], url=url)
+    else:
+        hub_id = timm.models.get_pretrained_cfg(spec.arch).hf_hub_id
+        assert spec.weights == WeightsSpec(file_name="model.safetensors", hf_hub_id=hub_id,
+                                           url=f"https://huggingface.co/{hub_id}/resolve/main/model.safetensors")

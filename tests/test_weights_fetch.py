@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from extractors import vggish_params as vp
-from extractors.weights import WeightsNotFoundError, WeightsSpec, fetch, resolve_weights
+from extractors.registry import WeightsSpec
+from extractors.weights import WeightsNotFoundError, fetch, resolve_weights
+from pipeline.vocab import RANDOM_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,4 +73,4 @@ def test_missing_weights_message_is_one_line_with_the_fetch_command(tmp_path: Pa
         resolve_weights(WeightsSpec(vp.VGGISH_WEIGHTS_FILE, vp.VGGISH_WEIGHTS_URL), None)
     message = str(missing.value)
     assert "\n" not in message and vp.VGGISH_WEIGHTS_FILE in message and str(tmp_path / "checkpoints") in message
-    assert "`python -m extractors.weights fetch vggish`" in message and "--weights random" in message
+    assert "`python -m extractors.weights fetch vggish`" in message and f"--weights {RANDOM_WEIGHTS}" in message

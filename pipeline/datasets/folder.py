@@ -44,6 +44,7 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpe
 LABELS_CSV = "labels.csv"  # a folder holding this file at its root is read through it
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _BLANK = ("", "nan", "NaN")
+_LINE_BREAK = r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]"  # what str.splitlines() breaks at
 
 BadRowPolicy = Literal["error", "skip"]
 
@@ -149,6 +150,9 @@ def read_labels_csv(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[Ro
         frame[column] = frame[column].str.strip()
     for column in [c for c in ("path", "label", "split") if c in frame.columns]:
         flag(np.flatnonzero(frame[column].isin(_BLANK).to_numpy()), column, "empty")
+    # a quoted cell over several lines would be a class of its own, named with a line break
+    flag(np.flatnonzero(frame["label"].str.contains(_LINE_BREAK).to_numpy()), "label",
+         "holds a line break (a quoted cell over several lines); a label is one line")
     if "start" in frame.columns:
         blank = {c: frame[c].isin(_BLANK).to_numpy() for c in ("start", "end")}
         values = {c: pd.to_numeric(frame[c].where(~blank[c]), errors="coerce") for c in ("start", "end")}
@@ -297,8 +301,9 @@ def build_folder_manifest(source: str | os.PathLike[str], *, dataset: str = "fol
     source = Path(source)
     frame, root, listing, anomalies, problems = _rows(source, classes)
     where = str(listing)
-    known = list(classes) if classes is not None else sorted(set(frame["label"]) - set(_BLANK))
-    problems += _label_problems(frame, known)
+    refused = frame["line"].isin({p.line for p in problems if p.column == "label"})  # no class of their own
+    known = list(classes) if classes is not None else sorted(set(frame.loc[~refused, "label"]) - set(_BLANK))
+    problems += _label_problems(frame[~refused], known)
     confined = [confine(root, p, allow_outside_root=allow_outside_root) if p not in _BLANK else (None, None)
                 for p in frame["path"]]
     frame["source"] = [s for s, _ in confined]

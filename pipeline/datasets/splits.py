@@ -18,12 +18,14 @@ def stratified_holdout(labels: Sequence[object] | np.ndarray, fraction: float, s
     values, counts = np.unique(labels, return_counts=True)
     if (counts < 2).any():
         raise ValueError(f"cannot stratify: class {str(values[counts < 2][0])!r} has only one item")
-    held_count = int(np.ceil(fraction * len(labels)))
-    if min(held_count, len(labels) - held_count) < len(values):
-        raise ValueError(
-            f"cannot stratify {len(labels)} items of {len(values)} classes with fraction {fraction}: "
-            f"{held_count} held out and {len(labels) - held_count} kept, but each side needs one item per class"
-        )
+    n, c = len(labels), len(values)
+    held_count = int(np.ceil(fraction * n))
+    if min(held_count, n - held_count) < c:
+        # in hundredths, rounded inwards: ceil(f * n) >= c and n - ceil(f * n) >= c
+        bound = f"at least {-(-100 * c // n) / 100}" if held_count < c else f"at most {100 * (n - c) // n / 100}"
+        raise ValueError(f"cannot stratify {n} items of {c} classes with fraction {fraction}: {held_count} held out "
+                         f"and {n - held_count} kept, but each side needs one item per class (a fraction of {bound} "
+                         "would do)")
     from sklearn.model_selection import train_test_split  # here, not at the top: it takes seconds to import
 
     _, held = train_test_split(np.arange(len(labels)), test_size=fraction, stratify=labels, random_state=seed)

@@ -9,6 +9,9 @@ Two layouts:
   in chunks of rows, so memory stays bounded.
 - One HDF5 with ``audio_train``, ``visual_train``, ``lab_train`` and the same for ``test``:
   ``[N, D]`` per clip or ``[N, T, D]`` per second; labels one-hot ``[N, C]`` or integers ``[N]``.
+  The file does not say what produced its features, so the user names the extractors
+  (``--audio-extractor``, ``--visual-extractor``); the defaults, VGGish audio and Inception visual,
+  are those of the authors' VEGAS release in this layout (128-d and 1,024-d, one vector per clip).
 
 A row whose values are all equal (all zeros, say) carries no signal and usually marks a
 missing clip: such rows are refused by default (``constant_rows="keep"`` imports them and
@@ -49,6 +52,7 @@ SHARD_SIZE = 1024
 READ_CHUNK = 64          # AVE rows per HDF5 read: 64 x 10 x 7 x 7 x 512 float32 = 64 MB
 SINGLE_FILE_SPLITS = ("train", "test")
 SINGLE_FILE_DIMS = {"audio": 128, "visual": 1024}
+SINGLE_FILE_EXTRACTORS = {"audio": "vggish", "visual": "inception"}  # the authors' VEGAS file in this layout
 
 
 class FeatureImportError(UserError):
@@ -276,13 +280,17 @@ def _read_single_part(h5: h5py.File, path: str | os.PathLike[str], split: str, d
 
 def import_single_file(h5_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
                        classes: Sequence[str] | None = None, dataset: str = "published",
-                       dims: Mapping[str, int] = SINGLE_FILE_DIMS, val_fraction: float = 0.1, seed: int = 0,
-                       shard_size: int = SHARD_SIZE, constant_rows: ConstantRows = "refuse") -> list[Path]:
+                       dims: Mapping[str, int] = SINGLE_FILE_DIMS,
+                       extractors: Mapping[str, str] = SINGLE_FILE_EXTRACTORS, val_fraction: float = 0.1,
+                       seed: int = 0, shard_size: int = SHARD_SIZE,
+                       constant_rows: ConstantRows = "refuse") -> list[Path]:
     """Import one HDF5 with ``{audio,visual,lab}_{train,test}`` into shards under ``out_dir``.
 
     Clip ids are ``<split>_<row>`` of the file (``train_00012``); a stratified ``val_fraction``
     of train becomes val (0 keeps none). ``classes`` names the label ids (default ``class_<i>``);
     with one-hot labels their number must equal ``C``; one-hot widths must agree between splits.
+    ``extractors`` names what produced each modality's features (the shard metadata and every table say
+    ``<name> (published features)``; default: the authors' VEGAS file, VGGish and Inception).
     ``constant_rows``: refuse rows whose values are all equal, or keep them (printed).
     """
     constant: list[str] = []
@@ -302,13 +310,17 @@ def import_single_file(h5_path: str | os.PathLike[str], out_dir: str | os.PathLi
     labels = np.concatenate([parts[s].labels for s in SINGLE_FILE_SPLITS])
     split = np.array([s for s in SINGLE_FILE_SPLITS for _ in parts[s].labels], dtype=object)
     if val_fraction > 0:
-        split = carve_val(split, labels, val_fraction, seed)
+        try:
+            split = carve_val(split, labels, val_fraction, seed)
+        except ValueError as exc:
+            raise FeatureImportError(f"{h5_path}: carving val from lab_train: {exc}; change --val-fraction "
+                                     "(0 for no val)") from None
     digest = sha256_file(h5_path, progress=True)
-    meta = {modality: {"extractor": f"{extractor} (published features)", "version": "published",
+    meta = {modality: {"extractor": f"{extractors[modality]} (published features)", "version": "published",
                        "params": {"source_file": Path(h5_path).name,
                                   "datasets": [f"{modality}_{s}" for s in SINGLE_FILE_SPLITS]},
                        "weights": digest}
-            for modality, extractor in (("audio", "vggish"), ("visual", "inception"))}
+            for modality in SINGLE_FILE_EXTRACTORS}
     meta |= {"dataset": dataset, "source": "published features", "split": {"val_from_train": val_fraction, "seed": seed}}
     audio = [a for s in SINGLE_FILE_SPLITS for a in parts[s].audio]
     visual = [v for s in SINGLE_FILE_SPLITS for v in parts[s].visual]
@@ -340,6 +352,10 @@ def _parser() -> argparse.ArgumentParser:
     single.add_argument("--dataset", type=str, default="published", help="dataset name for the shard metadata")
     single.add_argument("--audio-dim", type=int, default=SINGLE_FILE_DIMS["audio"])
     single.add_argument("--visual-dim", type=int, default=SINGLE_FILE_DIMS["visual"])
+    for modality in ("audio", "visual"):
+        single.add_argument(f"--{modality}-extractor", default=SINGLE_FILE_EXTRACTORS[modality], metavar="NAME",
+                            help=f"what produced the {modality} features, as tables name it (default "
+                                 f"{SINGLE_FILE_EXTRACTORS[modality]}: the authors' VEGAS file)")
     single.add_argument("--val-fraction", type=float, default=0.1, help="of train, stratified; 0 for none")
     single.add_argument("--seed", type=int, default=0)
     for cmd in (ave, single):
@@ -366,9 +382,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             if not 0.0 <= args.val_fraction < 1.0:
                 raise FeatureImportError(f"--val-fraction: must be in [0, 1), got {args.val_fraction}")
+            for flag, name in (("--audio-extractor", args.audio_extractor), ("--visual-extractor", args.visual_extractor)):
+                if not name.strip():
+                    raise FeatureImportError(f"{flag}: must name what produced the features, got {name!r}")
             classes = args.classes or (load_card(args.card).classes if args.card else None)
             paths = import_single_file(args.h5, args.out, classes=classes, dataset=args.card or args.dataset,
                                        dims={"audio": args.audio_dim, "visual": args.visual_dim},
+                                       extractors={"audio": args.audio_extractor, "visual": args.visual_extractor},
                                        val_fraction=args.val_fraction, seed=args.seed, shard_size=args.shard_size,
                                        constant_rows=args.constant_rows)
     splits = pd.concat([pd.read_parquet(p, columns=["split"]) for p in paths])["split"].value_counts()

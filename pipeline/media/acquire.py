@@ -31,9 +31,10 @@ from pipeline.io.atomic import atomic_path
 from pipeline.features.failures import Failure
 from pipeline.datasets.schema import allows_outside_root, manifest_root
 
-AVAILABILITY_COLUMNS = ("clip_id", "source_kind", "source", "outcome", "path", "local_start_s", "message")
+AVAILABILITY_COLUMNS = ("clip_id", "source_kind", "source", "outcome", "path", "local_start_s", "fetch", "message")
 AVAILABLE = ("present", youtube.DOWNLOADED)
 AVAILABILITY_FILE = "availability.parquet"
+STAGE = "acquire"  # the stage of the failure records of sources that are not available
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def safe_member(member: str, where: str) -> PurePosixPath:
 def _local_row(row: object, path: Path | None, message: str) -> dict[str, object]:
     return {"clip_id": row.clip_id, "source_kind": row.source_kind, "source": row.source,
             "outcome": "present" if path is not None else "missing", "path": str(path) if path else "",
-            "local_start_s": 0.0, "message": message}
+            "local_start_s": 0.0, "fetch": "", "message": message}
 
 
 def _outside(row: object, message: str) -> dict[str, object]:
@@ -90,6 +91,17 @@ def content_path(row: object, config: AcquireConfig) -> tuple[Path, str | None] 
         path, outside = _member_path(archive, member)
         return None if outside else (path, None)
     return None
+
+
+def source_locations(manifest: pd.DataFrame, config: AcquireConfig) -> list[str]:
+    """Where each row's local source resolves now (symlinks followed; "" for YouTube rows and for folder-archive
+    members outside the folder), in row order: the file whose bytes :func:`content_path` names.
+
+    An acquisition's result (paths, checked to stay inside the root) stands only while these are unchanged, so
+    a file replaced by a symlink after a build (one that leaves the root, say) is acquired, and refused, again.
+    """
+    return ["" if (found := content_path(row, config)) is None else str(found[0].resolve())
+            for row in manifest.itertuples(index=False)]
 
 
 def _find_file(row: object, root: Path | None, allow_outside_root: bool = False) -> dict[str, object]:
@@ -182,5 +194,5 @@ def available_sources(availability: pd.DataFrame) -> tuple[dict[str, str], dict[
 def availability_failures(availability: pd.DataFrame) -> list[Failure]:
     """One ``acquire`` failure record per clip that is not available."""
     bad = availability[~availability["outcome"].isin(AVAILABLE)]
-    return [Failure(clip_id=r.clip_id, stage="acquire", kind=r.outcome, message=f"{r.source}: {r.message}")
+    return [Failure(clip_id=r.clip_id, stage=STAGE, kind=r.outcome, message=f"{r.source}: {r.message}")
             for r in bad.itertuples(index=False)]

@@ -15,6 +15,10 @@ Frames come from PyAV by default: in ``bench/bench_decode.py`` it was as fast as
 faster at one frame per second from 10-s clips (decord seeks per sampled frame, which costs
 most when key frames are far apart; PyAV decodes forward once). ``decoder="decord"`` is
 there for long sources sampled sparsely.
+
+A :class:`ClipJob` is one clip to extract with a loader that cuts it (what ``extractors.extract``
+consumes: extractors never read manifests); ``pipeline.features.build.clip_jobs`` makes them from
+acquired manifest rows, through :func:`local_window` as :func:`segment_manifest` does.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +88,23 @@ class Segment:
     def seconds(self) -> float:
         """Length of the clip's audio in seconds."""
         return len(self.audio) / self.sample_rate
+
+
+@dataclass(frozen=True)
+class ClipJob:
+    """One clip to extract: its labels and a callable that decodes it (``Segment`` or ``Failure``)."""
+
+    clip_id: str
+    label: str
+    label_id: int
+    split: str
+    load: Callable[[], Segment | Failure]
+
+
+def local_window(start_s: float, end_s: float, local_start_s: float) -> tuple[float, float]:
+    """A manifest clip range ``[start_s, end_s)`` (source seconds) in a local file that starts at source time
+    ``local_start_s`` (a ranged download; 0 for a whole file): shifted, and clamped at the file's start."""
+    return max(0.0, start_s - local_start_s), end_s - local_start_s
 
 
 def segment_clip(
@@ -222,9 +243,8 @@ def segment_manifest(
             if short_by:
                 failures.append(_shorter(row.clip_id, str(local_paths[row.clip_id]), short_by))
             continue
-        offset = float(offsets.get(row.clip_id, 0.0))
-        jobs.append((row.clip_id, str(local_paths[row.clip_id]), max(0.0, row.clip_start_s - offset),
-                     row.clip_end_s - offset, target, config))
+        start, end = local_window(row.clip_start_s, row.clip_end_s, float(offsets.get(row.clip_id, 0.0)))
+        jobs.append((row.clip_id, str(local_paths[row.clip_id]), start, end, target, config))
     progress = dict(total=len(jobs), desc="segment", unit="clip", disable=None)  # None: off unless a terminal
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
