@@ -1,5 +1,5 @@
-# Two entry points: `make demo` (the whole path on the built-in demo data) and `make test`.
-# Each creates .venv on first use and installs the project into it.
+# Entry points: `make demo` (the whole path on the built-in demo data), `make test` (the suite, on both cores)
+# and `make device-check` (the GPU paths measured in one call). Each creates .venv on first use and installs the project.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/python -m flows.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 device-check: $(STAMP)
 	$(BIN)/python bench/device_check.py

@@ -13,8 +13,7 @@ with the same inputs is Cached and does no work, and a changed config lands besi
 ``<out>/features/<key>/shards/``. Only the cheap tasks whose results hold paths (demo videos,
 acquisition) also key on their resolved locations. A per-shard file lock and write-then-rename make
 a killed run resumable and two concurrent runs safe. A finished shard whose clips cannot be acquired
-now (moved data, old manifest) is kept, never deleted, and the run says so. The flow ends Failed
-when no clip was extracted, and its final message says how many of the clips failed.
+now (moved data, old manifest) is kept, and the run says so. No clip extracted: the flow ends Failed.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from typing import Annotated
 from pydantic import Field
 
 from extractors.registry import VISUAL_MODEL_NAMES
-from flows.common import add_runner_arguments, check_runner_arguments
+from flows.cli import add_runner_arguments, check_runner_arguments
 from pipeline.io.errors import add_debug_argument, user_errors
 from pipeline.vocab import PUBLISHED_WEIGHTS, RANDOM_WEIGHTS, WEIGHTS_CHOICES
 
@@ -87,8 +86,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 from prefect.states import Completed, Failed  # noqa: E402
 
 from extractors.extract import ExtractConfig, extract_cache_config  # noqa: E402
-from flows.common import (apply_verbosity, check_flow_parameters, link_dir, output_root, results_dir,  # noqa: E402
-                          run_flow, runner_from_arguments, task_runner)
+from flows.cli import apply_verbosity, check_flow_parameters, run_flow, runner_from_arguments  # noqa: E402
+from flows.common import link_dir, output_root, results_dir  # noqa: E402
+from flows.runners import task_runner  # noqa: E402
 from flows.feature_tasks import acquire_shard, demo_videos, extract_shard, watch_shards  # noqa: E402
 from flows.params import AcquireSettings, DemoSettings, ExtractSettings, SegmentSettings  # noqa: E402
 from flows.progress import Progress  # noqa: E402

@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from extractors.registry import VISUAL_MODEL_NAMES
-from flows.common import add_verbose_argument, apply_verbosity
+from flows.cli import add_verbose_argument, apply_verbosity
 from pipeline.io.errors import add_debug_argument, user_errors
 from pipeline.vocab import RANDOM_WEIGHTS
 
@@ -79,7 +79,9 @@ if __name__ == "__main__":  # bad values answer before torch and Prefect load
 from prefect import flow  # noqa: E402
 
 from flows.build_features import build_features  # noqa: E402
-from flows.common import output_root, run_flow, task_runner  # noqa: E402
+from flows.cli import run_flow  # noqa: E402
+from flows.common import output_root  # noqa: E402
+from flows.runners import task_runner  # noqa: E402
 from flows.params import DemoSettings, ExtractSettings, VisualModel  # noqa: E402
 from flows.train_eval import TrainEvalOutcome, train_eval  # noqa: E402
 from hscmae.config import ExperimentConfig  # noqa: E402

@@ -14,24 +14,15 @@ so ``down`` stops each one and nothing else. Flow runs get sessions of their own
 first sets them Cancelling (their processes stop) and Cancelled, rather than leaving them
 "Running" forever in the UI.
 
-SQLite (issue 18): Prefect already runs its database in WAL mode with a 60 s busy timeout. The
-"database is locked" tracebacks seen in ``server.log`` while runs write come from a few Prefect
-transactions that read and then write without taking the write lock first (the worker channel's
-heartbeat, the worker-health monitor): SQLite refuses that upgrade at once, whatever the timeout,
-and the next heartbeat or monitor pass does the work. ``up`` gives the server a logging config
-(Prefect's own plus :class:`RetriedLockFilter`) that leaves those retried errors out of its log, as
-Prefect does for its API requests; ``PREFECT_SERVER_LOG_RETRYABLE_ERRORS=true`` shows them again.
-See docs/local-stack.md.
+The server's log leaves out SQLite's retried "database is locked" errors (``flows.server_log``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import logging
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -42,6 +33,7 @@ from pathlib import Path
 from flows import PROJECT_ROOT
 from flows.common import FILES_ROOT_ENV, FILES_URL_ENV, OUTPUTS_ENV, output_root
 from flows.processes import alive, forget_stack, read_pid, read_stack, start, state_dir, stop, write_stack
+from flows.server_log import server_logging
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
@@ -66,33 +58,6 @@ def stack_env(port: int, files_port: int | None = None, out: Path | None = None)
     if files_port is not None and out is not None:
         env |= {OUTPUTS_ENV: str(out), FILES_ROOT_ENV: str(out), FILES_URL_ENV: f"http://{HOST}:{files_port}/"}
     return env
-
-
-class RetriedLockFilter(logging.Filter):
-    """Leaves out records of SQLite's "database is locked" (``SQLITE_BUSY``), an operation the server retries."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        cause = getattr(error, "orig", error)  # SQLAlchemy's OperationalError wraps the driver's
-        return not (isinstance(cause, sqlite3.OperationalError) and "database is locked" in str(cause))
-
-
-def server_logging(env: dict[str, str]) -> dict[str, str]:
-    """The server's logging settings: Prefect's default config with :class:`RetriedLockFilter` on its console,
-    written to ``server-logging.yml``; nothing when ``env`` names a config or asks for retryable errors."""
-    import yaml
-    from prefect.logging.configuration import DEFAULT_LOGGING_SETTINGS_PATH
-    from prefect.settings import get_current_settings
-
-    if "PREFECT_LOGGING_SETTINGS_PATH" in env or get_current_settings().server.log_retryable_errors:
-        return {}
-    config = yaml.safe_load(DEFAULT_LOGGING_SETTINGS_PATH.read_text())
-    config.setdefault("filters", {})["retried_sqlite_locks"] = {"()": "flows.local.RetriedLockFilter"}
-    config["handlers"]["console"].setdefault("filters", []).append("retried_sqlite_locks")
-    path = state_dir() / "server-logging.yml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return {"PREFECT_LOGGING_SETTINGS_PATH": str(path)}
 
 
 def _prefect(*args: str) -> list[str]:

@@ -9,8 +9,8 @@ stage config; the models also accept a config object (``from_attributes``), so P
 may pass ``ExtractConfig(...)`` where a flow takes ``ExtractSettings``.
 
 Optional fields are plain ``X | None`` (default ``None``): their schema allows ``null``, which is
-what the form sends for a field left empty, so a form submitted unchanged validates (issue 18:
-``SkipJsonSchema[None]`` hid ``null`` from the schema, and the form refused its own defaults).
+what the form sends for a field left empty, so a form submitted unchanged validates
+(``SkipJsonSchema[None]`` hid ``null`` from the schema, and the form refused its own defaults).
 Descriptions are rendered as Markdown, so they name placeholders without angle brackets.
 """
 

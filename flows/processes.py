@@ -9,6 +9,7 @@ file server is while it runs, so its links open over http (``flows.common.file_u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from flows import PROJECT_ROOT
 
-
+CHILD_GRACE_S = 3.0  # a child process's time to end on SIGTERM before it is killed
 STACK_FILE = "stack.json"
 
 
@@ -121,3 +122,19 @@ def stop(name: str, timeout_s: float) -> None:
         os.killpg(pid, signal.SIGKILL)
     (state_dir() / f"{name}.pid").unlink(missing_ok=True)
     print(f"{name}: stopped (pid {pid})")
+
+
+def end_children(grace_s: float = CHILD_GRACE_S) -> None:
+    """Terminate this process's child processes and theirs, and any started meanwhile (a Dask nanny restarts its
+    worker); kill those still running after ``grace_s``."""
+    import psutil
+
+    deadline = time.monotonic() + grace_s
+    while (children := psutil.Process().children(recursive=True)) and time.monotonic() < deadline:
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.terminate()
+        psutil.wait_procs(children, timeout=max(0.0, deadline - time.monotonic()))
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()

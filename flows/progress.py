@@ -4,8 +4,7 @@ The artifact's description carries the counts in words ("3 of 8 method x seed do
 words go to the run's log as a plain line (``train-eval-progress: 3/8 runs (38 %) - 3 of 8 ...``),
 which reads the same in a terminal, a worker's log, a pipe and the UI. There is no terminal bar:
 a flow-level tqdm bar held the terminal's first bar row, so the library's own bars (demo clips,
-extraction) were drawn below it with cursor moves and left blank lines behind when they closed
-(issue 18).
+extraction) were drawn below it with cursor moves and left blank lines behind when they closed.
 """
 
 from __future__ import annotations

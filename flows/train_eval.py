@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flows.common import add_runner_arguments, check_runner_arguments
+from flows.cli import add_runner_arguments, check_runner_arguments
 from pipeline.io.errors import add_debug_argument, user_errors
 
 
@@ -67,8 +67,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.futures import PrefectFuture, as_completed  # noqa: E402
 
-from flows.common import (apply_verbosity, check_flow_parameters, file_url, key_of, link_dir, link_files,  # noqa: E402
-                          output_root, results_dir, run_flow, runner_from_arguments, task_runner)
+from flows.cli import apply_verbosity, check_flow_parameters, run_flow, runner_from_arguments  # noqa: E402
+from flows.common import file_url, key_of, link_dir, link_files, output_root, results_dir  # noqa: E402
+from flows.runners import task_runner  # noqa: E402
 from flows.progress import Progress  # noqa: E402
 from hscmae.config import ExperimentConfig  # noqa: E402
 from hscmae.experiment import (TRAIN_CODE, MethodResult, PreparedData, data_key, epoch_logger,  # noqa: E402
@@ -120,7 +121,8 @@ def summarise_run(key: str, results: list[MethodResult], data: PreparedData, con
 
 
 def watch_runs(futures: list[PrefectFuture[MethodResult]]) -> None:
-    """As method x seed runs finish: a progress artifact, a results table that fills in, a terminal bar."""
+    """As method x seed runs finish, one progress artifact moves in place (counts, best on val so far); then one
+    table of every finished run (a table per run would bury the results under one card each)."""
     total, finished, failed = len(futures), [], 0
     with Progress(total, key="train-eval-progress", text=f"0 of {total} method x seed done", unit="run") as progress:
         for future in as_completed(futures):
@@ -129,10 +131,9 @@ def watch_runs(futures: list[PrefectFuture[MethodResult]]) -> None:
             else:
                 finished.append(future.result())
             progress.update(len(finished) + failed, progress_text(finished, failed, total))
-            if not future.state.is_failed():
-                create_table_artifact([r.row() for r in finished], key="train-eval-finished",
-                                      description=f"finished method x seed runs ({len(finished)} of {total}); "
-                                                  "test metrics of the model selected on val")
+    create_table_artifact([r.row() for r in finished], key="train-eval-finished",
+                          description=f"finished method x seed runs ({len(finished)} of {total}); "
+                                      "test metrics of the model selected on val")
 
 
 def method_key(config: ExperimentConfig, data: str, method: str, seed: int, run_dir: Path) -> str:

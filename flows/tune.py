@@ -21,7 +21,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from flows.common import add_runner_arguments, check_runner_arguments
+from flows.cli import add_runner_arguments, check_runner_arguments
 from hscmae.config import Seed
 from pipeline.io.errors import add_debug_argument, user_errors
 
@@ -66,16 +66,19 @@ def check_arguments(args: argparse.Namespace) -> argparse.Namespace:
 if __name__ == "__main__":  # --help, argument errors and bad input answer before torch and Prefect load
     CHECKED = check_arguments(parse_arguments())
 
+import functools  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
+import optuna  # noqa: E402
 import yaml  # noqa: E402
 from prefect import flow, task  # noqa: E402
 from prefect.artifacts import create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
 
-from flows.common import (apply_verbosity, check_flow_parameters, link_files, output_root, run_flow,  # noqa: E402
-                          runner_from_arguments, task_runner)
+from flows.cli import apply_verbosity, check_flow_parameters, run_flow, runner_from_arguments  # noqa: E402
+from flows.common import link_files, output_root  # noqa: E402
+from flows.runners import task_runner  # noqa: E402
 from flows.progress import Progress  # noqa: E402
 from hscmae import tuning  # noqa: E402
 from hscmae.config import ExperimentConfig  # noqa: E402
@@ -83,6 +86,8 @@ from hscmae.synthetic import write_synthetic  # noqa: E402
 from pipeline.features.shards import shard_paths  # noqa: E402
 from pipeline.io.atomic import atomic_path  # noqa: E402
 from pipeline.io.digest import digest, files_digest, short, source_digest  # noqa: E402
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per trial; the flow's own lines say what ran
 
 TUNE_CODE = ("hscmae", "pipeline.features.shards", "pipeline.datasets.splits")
 
@@ -96,16 +101,17 @@ class TuneOutcome:
     best: dict[str, float]
 
 
-@task(name="tune-data", task_run_name="tune-data", cache_policy=NO_CACHE, persist_result=False)
-def tune_data(config: ExperimentConfig) -> tuning.TuneData:
-    """Train and val clips (val carved as ``train-eval`` carves it); test is dropped unread."""
-    return tuning.prepare_train_val(config)
+@functools.lru_cache(maxsize=2)
+def clips(shards: str, val_fraction: float, split_seed: int) -> tuning.TuneData:
+    """Train and val clips (val carved as ``train-eval`` carves it; test dropped unread), read once per process:
+    every trial task of a Dask worker shares them instead of each carrying its own serialised copy."""
+    return tuning.prepare_train_val(ExperimentConfig(shards=shards, val_fraction=val_fraction, split_seed=split_seed))
 
 
 @task(name="tune-trial", task_run_name="{method}-trial", cache_policy=NO_CACHE, persist_result=False)
-def trial_task(url: str, study: str, method: str, config: ExperimentConfig, data: tuning.TuneData, trials: int,
-               seed: int) -> int:
+def trial_task(url: str, study: str, method: str, config: ExperimentConfig, trials: int, seed: int) -> int:
     """One trial of ``method``'s study; returns its number."""
+    data = clips(config.shards, config.val_fraction, config.split_seed)
     loaded = tuning.load_study(url, study, trials=trials, seed=seed)
     return tuning.run_trial(loaded, config.method_config(method), data.train, data.val)
 
@@ -127,17 +133,18 @@ def tune(config: ExperimentConfig = ExperimentConfig(), trials: Trials = 20, see
     if config.shards is None:
         config = config.with_shards(write_synthetic(config.synthetic, config.data_root))
     data_key = files_digest(shard_paths(config.shards))
-    key = short(digest("tune", data_key, config.val_fraction, config.split_seed, trials, seed,
+    # the budget is not part of a study's identity: asking for more trials later continues the same studies
+    key = short(digest("tune", data_key, config.val_fraction, config.split_seed, seed,
                        {m: config.method_config(m).to_dict() for m in config.methods}, source_digest(*TUNE_CODE)))
     folder = root / "tune" / key
     folder.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{root / 'tune' / 'studies.db'}"
     names = {m: f"{m}-{key}" for m in config.methods}
-    data = tune_data.submit(config).result()
+    clips(config.shards, config.val_fraction, config.split_seed)  # bad shards fail here, before any trial
     studies = {m: tuning.load_study(url, names[m], trials=trials, seed=seed) for m in config.methods}
     remaining = {m: max(0, trials - len(tuning.finished(s))) for m, s in studies.items()}
     total = trials * len(studies)
-    futures = [trial_task.submit(url, names[m], m, config, data, trials, seed)
+    futures = [trial_task.submit(url, names[m], m, config, trials, seed)
                for m in config.methods for _ in range(remaining[m])]
     with Progress(total, key="tune-progress", text=f"{total - len(futures)} of {total} trials done",
                   unit="trial") as progress:

@@ -220,6 +220,15 @@ def _suptitle(fig: plt.Figure, title: str, note: str, width_in: float) -> None:
     fig.suptitle("\n".join([*textwrap.wrap(title, chars), note]), fontsize=9)
 
 
+def mean_over_seeds(curves: Sequence[Sequence[float]]) -> np.ndarray:
+    """Per-epoch mean of one curve per seed, ``[longest]``: each epoch averages the seeds that trained it
+    (early stopping ends seeds at different epochs)."""
+    padded = np.full((len(curves), max(len(c) for c in curves)), np.nan)
+    for row, curve in zip(padded, curves):
+        row[:len(curve)] = curve
+    return np.nanmean(padded, axis=0)
+
+
 def plot_losses(runs: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
     """One panel per trained method: each loss term and the weighted total vs epoch (mean over seeds).
 
@@ -239,8 +248,8 @@ def plot_losses(runs: Sequence[Mapping[str, Any]], path: Path, title: str) -> No
         for term in (*LOSS_TERMS, "total"):
             curves = [[epoch[term] for epoch in r["history"]] for r in rs if term in r["history"][0]]
             if curves:
-                epochs = np.arange(1, len(curves[0]) + 1)
-                (shown[term],) = ax.plot(epochs, np.mean(curves, axis=0), label=term, **styles[term])
+                mean = mean_over_seeds(curves)
+                (shown[term],) = ax.plot(np.arange(1, len(mean) + 1), mean, label=term, **styles[term])
         ax.set_title(method, fontsize=9)
         ax.set(xlabel="epoch", ylabel="loss")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -75,7 +75,7 @@ def test_problems_name_the_line_an_editor_shows(tmp_path):
 
 
 def test_a_label_over_several_lines_is_a_bad_row_in_every_mode(tmp_path):
-    """Issue 18: skipped, it was its own class ('cat\\nsitting') with no warning; now it is a bad row, named."""
+    """skipped, it was its own class ('cat\\nsitting') with no warning; now it is a bad row, named."""
     csv = _dataset(tmp_path, 'path,label,split\na/x.mp4,cat,train\na/y.mp4,"cat\nsitting",test\nb/z.mp4,dog,test\n')
     with pytest.raises(ManifestError) as exc:
         build_folder_manifest(csv, splitting=NO_VAL)
@@ -344,7 +344,7 @@ def _small_h5(path: Path, *, train: int, classes: int) -> Path:
     return path
 
 
-def test_issue_18_inputs_answer_in_one_line_before_prefect_or_torch_load(tmp_path):
+def test_bad_flags_and_files_answer_in_one_line_before_prefect_or_torch_load(tmp_path):
     """Each case, run as a user runs it: one ``error:`` line, exit status 2, nothing written, and neither Prefect
     nor torch imported (so it answers in a second or two, before a server or a model starts)."""
     no_weights = {"TORCH_HOME": str(tmp_path / "torch"), "HF_HOME": str(tmp_path / "hf")}  # empty caches

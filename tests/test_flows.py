@@ -43,7 +43,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from extractors.extract import ExtractConfig, extract_features
 from flows import PROJECT_ROOT
 from flows.build_features import build_features
-from flows.common import task_runner
+from flows.runners import task_runner
 from flows.feature_tasks import acquire_shard
 from flows.train_eval import train_eval
 from hscmae.experiment import ExperimentConfig, run_experiment
@@ -403,7 +403,7 @@ def test_deployment_runs_on_the_worker(stack: dict[str, str], tmp_path: Path) ->
 
 
 def test_moved_dataset_keeps_the_shards_built_before(first, manifest: Path, tmp_path: Path) -> None:
-    """Issue 18: the data folder moves and build-features runs again with the OLD manifest. Every clip is
+    """the data folder moves and build-features runs again with the OLD manifest. Every clip is
     missing, yet every shard built before stays byte-identical, and the run says what it kept and why; with the
     manifest rebuilt where the data now is, the failure records name the paths of now."""
     out = tmp_path / "out"  # a copy of the module's first build (shards, records, cache): other tests keep theirs
@@ -448,7 +448,7 @@ def test_moved_dataset_keeps_the_shards_built_before(first, manifest: Path, tmp_
 
 def test_a_source_swapped_for_an_outward_symlink_is_refused_though_acquisition_was_cached(first, manifest: Path,
                                                                                           tmp_path: Path) -> None:
-    """Issue 18: after a build, a source inside the dataset root is moved out and a symlink to it put in its place
+    """after a build, a source inside the dataset root is moved out and a symlink to it put in its place
     (the same bytes, so the same content keys). Acquisition was Cached and the file outside the root was read;
     now its shard's acquisition runs again and refuses it (``outside_root``), as on a fresh output root."""
     out, data = tmp_path / "out", tmp_path / "data"
@@ -570,7 +570,7 @@ def _own_prefect_home(tmp_path: Path) -> dict[str, str]:
 
 
 def test_a_build_where_every_clip_fails_ends_with_its_summary_and_one_error_line(tmp_path: Path) -> None:
-    """Issue 18: the command line said so with a 59-line FailedRun traceback; now the run's summary, then one
+    """the command line said so with a 59-line FailedRun traceback; now the run's summary, then one
     ``error:`` line with the state's message, exit status 1 (``--debug``: the traceback)."""
     data = tmp_path / "data"
     data.mkdir()
@@ -592,18 +592,20 @@ def test_a_build_where_every_clip_fails_ends_with_its_summary_and_one_error_line
 
 @pytest.mark.slow
 def test_sigterm_stops_a_run_within_seconds_and_the_same_command_resumes(tmp_path: Path) -> None:
-    """Issue 18: SIGTERM (Ctrl-C likewise) stopped the demo 366 s later, once the running task had ended, and left
+    """SIGTERM (Ctrl-C likewise) stopped the demo 366 s later, once the running task had ended, and left
     Prefect's temporary server running. Now the command exits within seconds, its run and unfinished task are
     Crashed, no child process is left, and the same command resumes training from the last checkpoint."""
     psutil = pytest.importorskip("psutil")
     env = _own_prefect_home(tmp_path)
-    command = [sys.executable, "-m", "flows.train_eval", "--seeds", "0", "--methods", "hscmae", "--out",
-               str(tmp_path / "out")]
+    config = tmp_path / "small.yaml"  # a small generated set and budget: the stop and the resume are what count
+    config.write_text("synthetic: {clips: 400}\nepochs: 12\npatience: 12\n")
+    command = [sys.executable, "-m", "flows.train_eval", "--config", str(config), "--seeds", "0", "--methods", "hscmae",
+               "--out", str(tmp_path / "out")]
     log = tmp_path / "first.log"
     with open(log, "w") as sink:
         run = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=sink, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
-    while "hscmae seed 0: epoch 8/40" not in log.read_text():  # training, with epochs checkpointed
+    while "hscmae seed 0: epoch 4/12" not in log.read_text():  # training, with epochs checkpointed
         assert run.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.2)
     children = psutil.Process(run.pid).children(recursive=True)  # the temporary Prefect server, at least
@@ -620,8 +622,8 @@ def test_sigterm_stops_a_run_within_seconds_and_the_same_command_resumes(tmp_pat
     assert tasks["hscmae-seed0"] == "CRASHED"
     resumed = subprocess.run(command, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
     said = resumed.stdout + resumed.stderr
-    assert resumed.returncode == 0 and "hscmae seed 0: epoch 40/40" in said, said[-3000:]
-    assert "hscmae seed 0: epoch 4/40" not in said  # resumed from epoch 8 or later, not trained again from 1
+    assert resumed.returncode == 0 and "hscmae seed 0: epoch 12/12" in said, said[-3000:]
+    assert "hscmae seed 0: epoch 2/12" not in said  # resumed from epoch 4 or later, not trained again from 1
 
 
 def _wait_final(flow_run_id: UUID, timeout_s: float = 300) -> State:

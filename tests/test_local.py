@@ -24,7 +24,7 @@ import pytest
 
 from flows.common import file_url
 from flows.files import serve
-from flows.local import RetriedLockFilter, server_logging
+from flows.server_log import RetriedLockFilter, server_logging
 from flows.processes import read_pid, served_files, start, state_dir, stop, write_stack
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from hscmae.config import ExperimentConfig
 from hscmae.data import ClipArrays
 from hscmae.evaluate import drop_entries, drop_seconds, evaluate_partial
 from hscmae.metrics import mean_average_precision
-from hscmae.report import BEST, WITHIN_NOISE, markdown_table, noise_marks
+from hscmae.report import BEST, WITHIN_NOISE, markdown_table, mean_over_seeds, noise_marks
 
 
 def clip_arrays(lengths_audio: list[int], lengths_visual: list[int], t: int = 10, seed: int = 0) -> ClipArrays:
@@ -160,3 +160,9 @@ def test_header_says_the_input_level_the_training_budget_and_the_tuning():
     assert "> tuning: tuned on val: 20 trials per method (Optuna study in sqlite:///t/studies.db)  " in table
     assert "training: at most 40 epochs, no early stopping (patience ≥ epochs)" in table
     assert "clip-level features in visual" in table and "30 % dropped" in table
+
+
+def test_loss_curves_average_the_seeds_still_training_at_each_epoch() -> None:
+    # early stopping ends seeds at different epochs: epoch 3 has two seeds left, epoch 4 one
+    curves = [[4.0, 3.0, 2.0, 1.0], [6.0, 5.0, 4.0], [2.0, 1.0]]
+    assert mean_over_seeds(curves).tolist() == [4.0, 3.0, 3.0, 1.0]

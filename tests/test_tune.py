@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from hscmae import tuning
-from hscmae.config import ExperimentConfig, methods
-from hscmae.experiment import prepare
+from hscmae.config import ExperimentConfig, load_config, methods
+from hscmae.experiment import prepare, run_experiment
 from hscmae.synthetic import SyntheticConfig, write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +138,13 @@ def test_tune_writes_a_config_that_train_eval_runs(shards: Path, tmp_path: Path)
     assert set(tuned["method_configs"]["linear-cca"]) == {"cca_dim", "cca_ridge"}
     assert list(out.glob("tune/*/plots/clip-*-history.png"))
 
-    run = _run("flows.train_eval", "--config", str(tuned_path), "--seeds", "0", "--out", str(out), cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    results = next(out.glob("runs/run-*/results.md")).read_text()
+    # train-eval takes the file as it is: the command line resolves the tuned settings ...
+    shown = _run("flows.train_eval", "--config", str(tuned_path), "--seeds", "0", "--print-config", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    resolved = yaml.safe_load(shown.stdout)["methods"]
+    assert resolved["clip"]["train"]["lr"] == tuned["method_configs"]["clip"]["train"]["lr"]
+    assert resolved["linear-cca"]["cca_ridge"] == tuned["method_configs"]["linear-cca"]["cca_ridge"]
+    # ... and the run's table says how the recipes were chosen (the flow runs the same library call per task)
+    config = load_config(tuned_path, {"seeds": [0], "runs_root": str(tmp_path / "runs")})
+    results = (run_experiment(config, progress=False) / "results.md").read_text()
     assert "tuned on val: 2 trials per method" in results
