@@ -23,16 +23,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from extractors.extract import ClipJob, ExtractConfig, Extractors, extract_features  # noqa: E402
-from extractors.visual import preprocess_frames  # noqa: E402
 from pipeline.datasets.demo_videos import CLASSES, DemoConfig, write_demo  # noqa: E402
 from pipeline.features.failures import Failure  # noqa: E402
 from pipeline.media.segment import SegmentConfig, segment_clip  # noqa: E402
+from device_check import model_batches  # noqa: E402  (beside this file: sys.path[0] when run as a script)
 
 
 def sync(device: torch.device) -> None:
@@ -90,13 +89,7 @@ def main() -> None:
         # Forward only: decode everything and prepare the model inputs first, then time the
         # models on the same batches of clips as the pipeline uses.
         segments = [s for s in (segment_clip(p, c, 0.0, args.seconds, SegmentConfig()) for c, p in paths) if not isinstance(s, Failure)]
-        batches = []
-        with torch.inference_mode():
-            for i in range(0, len(segments), config.batch_clips):
-                group = segments[i:i + config.batch_clips]
-                examples, _ = models.audio.frontend.examples([torch.from_numpy(s.audio).to(device) for s in group])
-                frames = torch.from_numpy(np.concatenate([s.frames for s in group])).to(device)
-                batches.append((examples, preprocess_frames(frames, models.visual.preprocess)))
+        batches = model_batches(models, segments, config.batch_clips, device)
 
         def forward_only() -> tuple[float, float, float]:
             audio_s = visual_s = 0.0

@@ -146,6 +146,20 @@ def environment(device: torch.device) -> dict[str, Any]:
             "cudnn": torch.backends.cudnn.version(), "gpu_free_mib": free / 2**20, "gpu_total_mib": total / 2**20}
 
 
+def model_batches(models: Extractors, segments: list[Segment], batch_clips: int,
+                  device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The models' inputs of ``segments`` in the pipeline's batches of ``batch_clips`` clips, prepared beforehand
+    so a forward-only timing sees the models alone: ``(log-mel examples, preprocessed frames)`` per batch."""
+    batches = []
+    with torch.inference_mode():
+        for i in range(0, len(segments), batch_clips):
+            group = segments[i:i + batch_clips]
+            examples, _ = models.audio.frontend.examples([torch.from_numpy(s.audio).to(device) for s in group])
+            frames = torch.from_numpy(np.concatenate([s.frames for s in group])).to(device)
+            batches.append((examples, preprocess_frames(frames, models.visual.preprocess)))
+    return batches
+
+
 def check_extraction(sizes: Sizes, device: torch.device, work: Path) -> dict[str, Any]:
     """Demo clips through VGGish + ResNet-50 (random weights): speed with autocast, difference to float32 CPU."""
     config = ExtractConfig(visual_model="resnet50", audio_weights="random", visual_weights="random",
@@ -162,13 +176,7 @@ def check_extraction(sizes: Sizes, device: torch.device, work: Path) -> dict[str
     extract_features(jobs()[:2], work / "warmup", config, extractors=models)  # allocator, kernels: untimed
     reset_peak(device)
     segments: list[Segment] = [s for s in (job.load() for job in jobs()) if not isinstance(s, Failure)]
-    batches = []  # forward-only inputs, prepared beforehand in the pipeline's batches of clips
-    with torch.inference_mode():
-        for i in range(0, len(segments), config.batch_clips):
-            group = segments[i:i + config.batch_clips]
-            examples, _ = models.audio.frontend.examples([torch.from_numpy(s.audio).to(device) for s in group])
-            frames = torch.from_numpy(np.concatenate([s.frames for s in group])).to(device)
-            batches.append((examples, preprocess_frames(frames, models.visual.preprocess)))
+    batches = model_batches(models, segments, config.batch_clips, device)
 
     def forward_only() -> None:
         with torch.inference_mode():
