@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/python -m flows.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 device-check: $(STAMP)
 	$(BIN)/python bench/device_check.py

@@ -124,8 +124,9 @@ def up(port: int = DEFAULT_PORT, files_port: int | None = None, out: Path | None
 def cancel_in_flight(api: str, timeout_s: float = 10.0) -> list[str]:
     """Ask the worker to cancel every flow run not yet final; force Cancelled where it did not. Returns their names.
 
-    A running run is moved to Cancelling, on which its process stops itself (and the worker kills
-    it); one whose state is still not final after ``timeout_s`` is set Cancelled outright.
+    A running deployment run is moved to Cancelling, on which the worker stops its process; one whose
+    state is still not final after ``timeout_s`` is set Cancelled outright. Any other run (a command
+    line's, or one not started yet) is set Cancelled at once: no worker acts on it.
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
@@ -138,8 +139,8 @@ def cancel_in_flight(api: str, timeout_s: float = 10.0) -> list[str]:
             any_=[StateType[name] for name in IN_FLIGHT])))
         runs = client.read_flow_runs(flow_run_filter=in_flight)
         for run in runs:
-            state = Cancelling() if run.state and run.state.is_running() else Cancelled()
-            client.set_flow_run_state(run.id, state, force=True)
+            by_worker = run.deployment_id is not None and run.state is not None and run.state.is_running()
+            client.set_flow_run_state(run.id, Cancelling() if by_worker else Cancelled(), force=True)
         deadline = time.monotonic() + timeout_s
         while client.read_flow_runs(flow_run_filter=in_flight) and time.monotonic() < deadline:
             time.sleep(0.5)

@@ -3,9 +3,9 @@
     python -m flows.train_eval                                   # built-in synthetic set
     python -m flows.train_eval --config experiment.yaml --features outputs/features/<key>/shards --epochs 5
 
-Its run form is ``hscmae.config.ExperimentConfig``. The flow picks the data and the method x seed jobs,
-submits one cached task per job (``hscmae.experiment.run_one``) and reports: a results table that fills
-in, then the table and links to the run folder. No server needed (embedded mode without ``PREFECT_API_URL``).
+Its run form is ``hscmae.config.ExperimentConfig``. The flow picks the data and the method x seed jobs, submits one
+cached task per job (``hscmae.experiment.run_one``) and reports: a results table that fills in, then the table and
+links to the run folder. No server needed (embedded mode without ``PREFECT_API_URL``).
 """
 
 from __future__ import annotations
@@ -131,16 +131,14 @@ def watch_runs(futures: list[PrefectFuture[MethodResult]]) -> None:
             else:
                 finished.append(future.result())
             progress.update(len(finished) + failed, progress_text(finished, failed, total))
-    create_table_artifact([r.row() for r in finished], key="train-eval-finished",
-                          description=f"finished method x seed runs ({len(finished)} of {total}); "
-                                      "test metrics of the model selected on val")
+    create_table_artifact([r.row() for r in finished], key="train-eval-finished", description=(
+        f"finished method x seed runs ({len(finished)} of {total}); test metrics of the model selected on val"))
 
 
 def method_key(config: ExperimentConfig, data: str, method: str, seed: int, run_dir: Path) -> str:
     """Hash of what decides one method x seed: data, method config, seed, evaluation settings, code, run dir."""
-    return digest("train-eval-method", data, config.method_config(method).to_dict(), seed,
-                  config.val_fraction, config.split_seed, config.posthoc_cca, source_digest(*TRAIN_CODE),
-                  str(run_dir.resolve()))
+    return digest("train-eval-method", data, config.method_config(method).to_dict(), seed, config.val_fraction,
+                  config.split_seed, config.posthoc_cca, source_digest(*TRAIN_CODE), str(run_dir.resolve()))
 
 
 # One task at a time by default: training seeds torch's process-wide RNG (initialisation, dropout),
@@ -161,6 +159,9 @@ def train_eval(config: ExperimentConfig = ExperimentConfig(), out: Path | None =
     data_digest = data_key(config.shards)
     run_dir, storage = run_folder(config, data_digest), results_dir(config.runs_root)
     data = prepare_data.submit(config)
+    data.wait()
+    if data.state.is_failed():  # its own error, not "Run is in PENDING state" from every training task
+        data.result()
     jobs = [RunJob(key=method_key(config, data_digest, method, seed, run_dir), method=method, seed=seed,
                    run_dir=run_dir, config=config) for method in config.methods for seed in config.seeds]
     futures = [train_method.with_options(result_storage=storage).submit(job, data, keep_resume_state) for job in jobs]

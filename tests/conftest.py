@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,14 @@ import pytest
 from pipeline.datasets.demo_videos import DemoConfig, write_demo
 
 DEMO_CLIPS = 12  # a few of each of the five classes; about two seconds to write
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Test files with the most slow tests first, in their usual order otherwise. ``make test`` hands whole
+    files to its workers in this order (``--dist loadfile --no-loadscope-reorder``): the long files start
+    at once and the short ones fill in behind them, so the workers finish together."""
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +43,15 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory, demo_config: DemoConfig) 
 def demo_labels(demo_dir: Path) -> pd.DataFrame:
     """The demo set's ground truth (``labels.csv``)."""
     return pd.read_csv(demo_dir / "labels.csv", keep_default_na=False, na_values=[""])
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A local Prefect stack for the module (``python -m flows.local up`` in a temporary Prefect home); yields
+    the environment that reaches it. See tests/prefect_stack.py."""
+    from prefect_stack import local_stack
+
+    yield from local_stack(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,7 @@ def _positive(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
+@pytest.mark.slow  # the first to use the module's run: it waits for it
 def test_structure_and_cuda_marks(run: dict[str, Any]) -> None:
     report = run["report"]
     assert report["small"] is True

@@ -1,8 +1,10 @@
 """The Prefect flows against a real local stack (`python -m flows.local up` on 127.0.0.1).
 
-One stack serves the module: a server with its own Prefect home and SQLite, the process work
-pool, the deployments of prefect.yaml and a worker. The flows run on a small demo set (60
-clips of 1.5 s, plus one missing and one corrupt file) with random extractor weights.
+One stack serves the module (the ``stack`` fixture): a server with its own Prefect home and SQLite,
+the process work pool, the deployments of prefect.yaml and a worker. The flows run on a small demo
+set (32 clips of 1.5 s, plus one missing and one corrupt file) with random extractor weights. The
+last test runs the deployments from the worker and stops the stack. SIGTERM is sent to a command
+line without a server in tests/test_sigterm.py.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,10 +25,8 @@ import urllib.error
 import urllib.request
 import zipfile
 from collections import Counter
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from uuid import UUID
 
 import numpy as np
 import pandas as pd
@@ -38,7 +37,6 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterKey, FlowRunFilter,
                                             FlowRunFilterDeploymentId, FlowRunFilterId)
 from prefect.client.schemas.objects import State
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from extractors.extract import ExtractConfig, extract_features
 from flows import PROJECT_ROOT
@@ -56,53 +54,17 @@ from pipeline.io.digest import sha256_file
 from pipeline.media.acquire import AcquireConfig
 from pipeline.media.segment import ClipJob, SegmentConfig, segment_clip
 from pipeline.vocab import RANDOM_WEIGHTS
+from prefect_stack import artifacts, latest, task_states, wait_final
 
-CLIPS, SECONDS, PER_SHARD = 60, 1.5, 15  # 4 shards of 15 clips, plus a shard holding the two bad rows
+CLIPS, SECONDS, PER_SHARD = 32, 1.5, 8  # 4 shards of 8 clips, plus a shard holding the two bad rows
 RANDOM = ExtractConfig(audio_weights=RANDOM_WEIGHTS, visual_weights=RANDOM_WEIGHTS)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie waiting to be reaped does not count)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not stat.exists() or stat.read_text().rsplit(") ", 1)[-1][:1] != "Z"
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A local Prefect stack in a temporary Prefect home; yields the environment that reaches it."""
-    home, port, files_port = tmp_path_factory.mktemp("prefect-home"), _free_port(), _free_port()
-    outputs = tmp_path_factory.mktemp("outputs")
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-           "HSCMAE_OUTPUTS": str(outputs), "FILES_PORT": str(files_port)}
-    local = [sys.executable, "-m", "flows.local"]
-    started = subprocess.run([*local, "up", "--port", str(port), "--files-port", str(files_port)], env=env,
-                             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=240)
-    pids = [int(p.read_text()) for p in sorted((home / "local").glob("*.pid"))]
-    try:
-        assert started.returncode == 0 and len(pids) == 3, started.stdout + started.stderr  # server, files, worker
-        with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
-            yield env
-    finally:
-        subprocess.run([*local, "down"], env=env, cwd=PROJECT_ROOT, capture_output=True, timeout=120)
-    alive = [pid for pid in pids if _running(pid)]
-    assert not alive, f"`flows.local down` left processes running: {alive}"
 
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo set's manifest, plus a row whose file is missing and one whose file is not a video."""
     folder = tmp_path_factory.mktemp("demo")
-    # the earlier demo split (here 40 train, 20 test): enough training clips for a 32-d post-hoc CCA
+    # the demo's own split, no val (here 20 train, 12 test): the training runs carve val from train
     write_demo(folder, CLIPS, config=DemoConfig(seconds=SECONDS, test_fraction=0.2, val_fraction=0.1), workers=1)
     frame = build_folder_manifest(folder / LABELS_FILE, dataset="demo", times="event",
                                   splitting=SplitConfig(val_fraction=0.0)).frame
@@ -119,31 +81,6 @@ def _run(out: Path, manifest: Path, **options: object) -> State:
                           return_state=True, **options)
 
 
-def _task_states(flow_run_id: UUID, total: int) -> dict[str, Counter]:
-    """Final state names of the flow run's ``total`` task runs, by task: ``{"extract-shard": Counter(...)}``.
-
-    Task run states reach the server asynchronously, so this waits (up to a minute) until all are final.
-    """
-    deadline = time.monotonic() + 60
-    while True:
-        with get_client(sync_client=True) as client:
-            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-        if (len(runs) == total and all(r.state is not None and r.state.is_final() for r in runs)) \
-                or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    states: dict[str, Counter] = {}
-    for run in runs:
-        states.setdefault(run.name.rsplit("-", 1)[0], Counter())[run.state.name if run.state else None] += 1
-    return states
-
-
-def _artifacts(flow_run_id: UUID) -> dict[str, object]:
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {a.key: a for a in found if a.key}
-
-
 def _shard_bytes(shards: Path) -> dict[str, str]:
     """sha256 of each shard's bytes, by file name (a mismatch reports short digests, not megabytes)."""
     return {p.name: sha256_file(p) for p in sorted(shards.glob("*.parquet"))}
@@ -157,12 +94,13 @@ def first(stack: dict[str, str], manifest: Path, tmp_path_factory: pytest.TempPa
     return out, state
 
 
+@pytest.mark.slow
 def test_build_features_completes_with_shards_matching_the_stage_functions(first, manifest: Path,
                                                                           tmp_path: Path) -> None:
     out, state = first
     assert state.is_completed(), state
     outcome = state.result()
-    states = _task_states(state.state_details.flow_run_id, 10)
+    states = task_states(state.state_details.flow_run_id, 10)
     assert states["acquire-shard"] == Counter(Completed=5) and states["extract-shard"] == Counter(Completed=5)
     assert (outcome.asked, outcome.obtained, outcome.extracted) == (CLIPS + 2, CLIPS + 1, CLIPS)
     assert outcome.failures_by_kind == {"missing": 1, "undecodable": 1}
@@ -189,22 +127,22 @@ def test_build_features_completes_with_shards_matching_the_stage_functions(first
 
 def test_build_features_artifacts(first) -> None:
     out, state = first
-    artifacts = _artifacts(state.state_details.flow_run_id)
-    assert artifacts["build-features-progress"].data == 100.0
+    found = artifacts(state.state_details.flow_run_id)
+    assert found["build-features-progress"].data == 100.0
     with get_client(sync_client=True) as client:  # one progress artifact, not a 0 % one beside it
         progress = client.read_artifacts(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["build-features-progress"])))
     assert [a.data for a in progress] == [100.0]
-    table = json.loads(artifacts["build-features-failures"].data)
+    table = json.loads(found["build-features-failures"].data)
     assert sorted((row["clip_id"], row["stage"], row["kind"]) for row in table) == [
         ("corrupt", "segment", "undecodable"), ("gone", "acquire", "missing")]
-    summary = artifacts["build-features-summary"].data
+    summary = found["build-features-summary"].data
     for line in (f"| asked for | {CLIPS + 2} |", f"| obtained | {CLIPS + 1} |", f"| extracted | {CLIPS} |",
                  "| failed | 2 |", "| missing | 1 |", "| undecodable | 1 |", "Random extractor weights"):
         assert line in summary
     shards = state.result().shards
-    assert shards.resolve().as_uri() in artifacts["build-features-shards"].data
+    assert shards.resolve().as_uri() in found["build-features-shards"].data
 
 
 def test_second_run_is_cached_and_does_no_work(first, manifest: Path) -> None:
@@ -213,7 +151,7 @@ def test_second_run_is_cached_and_does_no_work(first, manifest: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in shards.glob("*.parquet")}
     again = _run(out, manifest)
     assert again.is_completed()
-    states = _task_states(again.state_details.flow_run_id, 10)
+    states = task_states(again.state_details.flow_run_id, 10)
     assert states["acquire-shard"] == Counter(Cached=5) and states["extract-shard"] == Counter(Cached=5)
     assert again.result().shards == shards and again.result().extracted == CLIPS
     assert {p: p.stat().st_mtime_ns for p in shards.glob("*.parquet")} == before
@@ -222,7 +160,7 @@ def test_second_run_is_cached_and_does_no_work(first, manifest: Path) -> None:
 def test_changed_extractor_config_recomputes_only_extraction(first, manifest: Path) -> None:
     out, state = first
     changed = _run(out, manifest, extract=dataclasses.replace(RANDOM, seed=1))
-    states = _task_states(changed.state_details.flow_run_id, 10)
+    states = task_states(changed.state_details.flow_run_id, 10)
     assert states["acquire-shard"] == Counter(Cached=5) and states["extract-shard"] == Counter(Completed=5)
     new, old = load_feature_set(changed.result().shards), load_feature_set(state.result().shards)
     assert changed.result().shards.parent != state.result().shards.parent  # lands beside, not over
@@ -232,12 +170,12 @@ def test_changed_extractor_config_recomputes_only_extraction(first, manifest: Pa
 def test_train_eval_matches_the_plain_experiment_and_is_cached(first, tmp_path: Path) -> None:
     shards = first[1].result().shards
     config = ExperimentConfig(shards=str(shards), methods=["hscmae", "clip", "linear-cca"], seeds=[0], epochs=2,
-                              val_fraction=0.15, runs_root=str(tmp_path / "runs"))
+                              val_fraction=0.25, runs_root=str(tmp_path / "runs"))  # one val clip per class
     state = train_eval(config, return_state=True)
     assert state.is_completed(), state
     outcome = state.result()
     flow_run_id = state.state_details.flow_run_id
-    states = _task_states(flow_run_id, 5)
+    states = task_states(flow_run_id, 5)
     assert states["hscmae"] == states["clip"] == states["linear-cca"] == Counter(Completed=1)
 
     # the same experiment without Prefect gives the same numbers
@@ -249,21 +187,25 @@ def test_train_eval_matches_the_plain_experiment_and_is_cached(first, tmp_path: 
         for metric, stats in want[method].items():
             assert got[method][metric]["mean"] == pytest.approx(stats["mean"], abs=1e-6), (method, metric)
 
-    artifacts = _artifacts(flow_run_id)
+    found = artifacts(flow_run_id)
     table = (outcome.run_dir / "results.md").read_text()
-    assert table in artifacts["train-eval-results"].data and "RANDOM WEIGHTS" in table
-    assert (outcome.run_dir / "retrieval.html").resolve().as_uri() in artifacts["train-eval-results"].data
-    links = artifacts["train-eval-files"].data
+    assert table in found["train-eval-results"].data and "RANDOM WEIGHTS" in table
+    assert (outcome.run_dir / "retrieval.html").resolve().as_uri() in found["train-eval-results"].data
+    links = found["train-eval-files"].data
     for name in ("loss_curves.png", "pr_curves.png"):
         plot = outcome.run_dir / "plots" / name
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.resolve().as_uri() in links
     assert list((outcome.run_dir / "checkpoints").glob("*/best.safetensors"))
 
     again = train_eval(config, return_state=True)
-    states = _task_states(again.state_details.flow_run_id, 5)
+    states = task_states(again.state_details.flow_run_id, 5)
     assert states["hscmae"] == states["clip"] == states["linear-cca"] == Counter(Cached=1)
     assert states["summarise"] == Counter(Cached=1)
     assert again.result().table == outcome.table
+
+    # data that cannot be prepared ends the run with that reason, not "Run is in PENDING state" from each run
+    failed = train_eval(dataclasses.replace(config, val_fraction=0.05), return_state=True)
+    assert failed.is_failed() and "ValueError: cannot stratify" in failed.message, failed.message
 
 
 def test_failed_runs_count_as_done_in_train_eval_progress(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -332,7 +274,9 @@ def test_acquisition_retries_transient_failures(stack: dict[str, str], tmp_path:
 
 @pytest.mark.slow
 def test_dask_runner_gives_the_same_shards(first, manifest: Path, tmp_path: Path) -> None:
-    runner = task_runner("dask", workers=2)
+    """Shards extracted in a Dask worker process equal the thread runner's. One worker: that processes sharing
+    a feature set build the same shards is the concurrent runs' test."""
+    runner = task_runner("dask", workers=1)
     state = build_features.with_options(task_runner=runner)(
         manifest=manifest, out=tmp_path, clips_per_shard=PER_SHARD, extract=RANDOM, return_state=True)
     assert state.is_completed(), state
@@ -356,50 +300,30 @@ def _computed(output: str) -> int:
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_identical_shards(stack: dict[str, str], first, manifest: Path, tmp_path: Path) -> None:
+def test_a_killed_run_is_resumed_by_two_concurrent_runs_to_identical_shards(stack: dict[str, str], first,
+                                                                            manifest: Path, tmp_path: Path) -> None:
+    """kill -9 after the first shard is finished, then run the same command twice at once: the two share
+    what is left, each shard extracted once by one of them, none redone, and the shards are the first build's."""
     run = subprocess.Popen(_cli(manifest, tmp_path), env=stack, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 180
-    # a shard is finished once its failures file exists (written after the shard): kill right then
-    while not list(tmp_path.glob("features/*/failures/*.parquet")) and time.monotonic() < deadline:
+    # a shard is finished once its record exists (written last, after the shard and its failures): kill right then
+    while not list(tmp_path.glob("features/*/done/*.json")) and time.monotonic() < deadline:
         assert run.poll() is None, "the run ended before it could be killed"
         time.sleep(0.05)
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
     root = next(tmp_path.glob("features/*"))
-    finished = len(list((root / "failures").glob("*.parquet")))
+    finished = len(list((root / "done").glob("*.json")))
     assert 1 <= finished < 5
     for path in (root / "shards").glob("*.parquet"):  # whatever is visible is whole
         read_shard(path)
-    resumed = subprocess.run(_cli(manifest, tmp_path), env=stack, cwd=PROJECT_ROOT, capture_output=True,
-                             text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert _computed(resumed.stdout + resumed.stderr) <= 5 - finished  # finished shards are not redone
-    assert _shard_bytes(root / "shards") == _shard_bytes(first[1].result().shards)
-
-
-@pytest.mark.slow
-def test_two_concurrent_runs_share_the_work_without_corruption(stack: dict[str, str], first, manifest: Path,
-                                                               tmp_path: Path) -> None:
     runs = [subprocess.Popen(_cli(manifest, tmp_path), env=stack, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [run.communicate(timeout=300)[0] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
-    assert sum(_computed(o) for o in outputs) == 5  # every shard extracted once, by one of the two
-    shards_dir = next(tmp_path.glob("features/*/shards"))
-    assert _shard_bytes(shards_dir) == _shard_bytes(first[1].result().shards)
-
-
-@pytest.mark.slow
-def test_deployment_runs_on_the_worker(stack: dict[str, str], tmp_path: Path) -> None:
-    params = ["--param", "demo_clips=10", "--param", f"demo={json.dumps({'seconds': 2.0})}",
-              "--param", f"out={json.dumps(str(tmp_path))}"]
-    done = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run", "build-features/demo", *params,
-                           "--watch", "--watch-timeout", "300"], env=stack, cwd=PROJECT_ROOT, capture_output=True,
-                          text=True, timeout=330)
-    assert done.returncode == 0 and "Completed" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
-    shards = load_feature_set(next(tmp_path.glob("features/*/shards")))
-    assert len(shards) == 10 and shards.meta["visual"]["weights"] == RANDOM_WEIGHTS
+    assert sum(_computed(o) for o in outputs) == 5 - finished  # each left shard once, by one of the two
+    assert _shard_bytes(root / "shards") == _shard_bytes(first[1].result().shards)
 
 
 def test_moved_dataset_keeps_the_shards_built_before(first, manifest: Path, tmp_path: Path) -> None:
@@ -433,9 +357,9 @@ def test_moved_dataset_keeps_the_shards_built_before(first, manifest: Path, tmp_
     assert (outcome.obtained, outcome.extracted, outcome.failures_by_kind) == (0, CLIPS, {"missing": CLIPS + 2})
     assert (outcome.kept_shards, outcome.kept_clips, outcome.reused_on_disk) == (4, {"missing": CLIPS}, 4)
     said = f"kept 4 shards built earlier as they are: {CLIPS} of their clips cannot be acquired now (missing {CLIPS})"
-    assert said in outcome.log_text() and said in _artifacts(state.state_details.flow_run_id)[
+    assert said in outcome.log_text() and said in artifacts(state.state_details.flow_run_id)[
         "build-features-summary"].data
-    progress = _latest(state.state_details.flow_run_id, "build-features-progress")
+    progress = latest(state.state_details.flow_run_id, "build-features-progress")
     assert progress.data == 100.0 and "kept 4 built earlier (sources not available now)" in progress.description
 
     frame.attrs["root"] = str(moved)
@@ -462,13 +386,14 @@ def test_a_source_swapped_for_an_outward_symlink_is_refused_though_acquisition_w
     shutil.move(data / clip.source, outside)
     (data / clip.source).symlink_to(outside)
     swapped = _run(out, here)
-    states = _task_states(swapped.state_details.flow_run_id, 10)
+    states = task_states(swapped.state_details.flow_run_id, 10)
     assert states["acquire-shard"] == Counter(Cached=4, Completed=1)
     failures = pd.read_parquet(swapped.result().shards.parent / "failures.parquet")
     assert failures.loc[failures["kind"] == "outside_root", "clip_id"].tolist() == [clip.clip_id]
     assert swapped.result().failures_by_kind["outside_root"] == 1
 
 
+@pytest.mark.slow
 def test_cache_follows_file_content_not_paths(first, manifest: Path, tmp_path: Path) -> None:
     """Moved data re-acquires (cheap) but its shards stay Cached; a file fixed or added in place, or a damaged
     shard, recomputes exactly its shard."""
@@ -481,7 +406,7 @@ def test_cache_follows_file_content_not_paths(first, manifest: Path, tmp_path: P
     write_manifest(frame, copied / "manifest.parquet")
     again = _run(out, copied / "manifest.parquet")
     assert again.result().shards == state.result().shards  # the feature set does not depend on where data lives
-    states = _task_states(again.state_details.flow_run_id, 10)
+    states = task_states(again.state_details.flow_run_id, 10)
     # acquisition's result holds paths, so it follows the new location; extraction is content-only
     assert states["acquire-shard"] == Counter(Completed=5) and states["extract-shard"] == Counter(Cached=5)
     assert _shard_bytes(again.result().shards) == before
@@ -494,7 +419,7 @@ def test_cache_follows_file_content_not_paths(first, manifest: Path, tmp_path: P
     write_manifest(frame, moved / "manifest.parquet")
     changed = _run(out, moved / "manifest.parquet",
                    extract=dataclasses.replace(RANDOM, seed=2))
-    states = _task_states(changed.state_details.flow_run_id, 10)
+    states = task_states(changed.state_details.flow_run_id, 10)
     assert states["acquire-shard"] == Counter(Completed=5) and states["extract-shard"] == Counter(Completed=5)
     assert changed.result().extracted == CLIPS
     assert sorted(changed.result().failures_by_kind.items()) == [("missing", 1), ("undecodable", 1)]
@@ -503,7 +428,7 @@ def test_cache_follows_file_content_not_paths(first, manifest: Path, tmp_path: P
     shutil.copyfile(good, moved / "corrupt.mp4")  # fixed in place
     shutil.copyfile(good, moved / "gone.mp4")  # the missing file added
     fixed = _run(out, moved / "manifest.parquet")
-    states = _task_states(fixed.state_details.flow_run_id, 10)
+    states = task_states(fixed.state_details.flow_run_id, 10)
     assert states["acquire-shard"] == Counter(Cached=4, Completed=1)
     assert states["extract-shard"] == Counter(Cached=4, Completed=1)
     assert fixed.result().extracted == CLIPS + 2 and fixed.result().failures_by_kind == {}
@@ -515,7 +440,7 @@ def test_cache_follows_file_content_not_paths(first, manifest: Path, tmp_path: P
     damaged = fixed.result().shards / "shard-00001.parquet"
     damaged.write_bytes(damaged.read_bytes()[:-100])  # truncated on disk
     rebuilt = _run(out, moved / "manifest.parquet")
-    states = _task_states(rebuilt.state_details.flow_run_id, 10)
+    states = task_states(rebuilt.state_details.flow_run_id, 10)
     assert states["extract-shard"] == Counter(Cached=4, Completed=1)
     assert _shard_bytes(rebuilt.result().shards) == after
 
@@ -541,12 +466,12 @@ def test_changed_zip_recomputes_only_the_shards_of_its_changed_members(stack: di
 
     pack(archived.at[1, "source"])
     first = run()
-    assert _task_states(first.state_details.flow_run_id, 4)["extract-shard"] == Counter(Completed=2)
+    assert task_states(first.state_details.flow_run_id, 4)["extract-shard"] == Counter(Completed=2)
     before = _shard_bytes(first.result().shards)
     pack(frame.at[2, "source"])  # the second member's bytes replaced by another clip
     second = run()
     assert second.result().shards == first.result().shards and second.result().extracted == 2
-    states = _task_states(second.state_details.flow_run_id, 4)
+    states = task_states(second.state_details.flow_run_id, 4)
     assert states["acquire-shard"] == Counter(Cached=1, Completed=1)
     assert states["extract-shard"] == Counter(Cached=1, Completed=1)
     after = _shard_bytes(second.result().shards)
@@ -562,14 +487,9 @@ def test_build_features_fails_when_no_clip_is_extracted(stack: dict[str, str], m
     assert state.is_failed() and state.message.startswith('no clip was extracted: 1 of 1 clips failed ({"missing": 1})')
 
 
-def _own_prefect_home(tmp_path: Path) -> dict[str, str]:
-    """The environment of a command line with a Prefect home of its own: its temporary server is its child."""
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
-    env.pop("PREFECT_API_URL", None)
-    return env
-
-
-def test_a_build_where_every_clip_fails_ends_with_its_summary_and_one_error_line(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_a_build_where_every_clip_fails_ends_with_its_summary_and_one_error_line(stack: dict[str, str],
+                                                                                 tmp_path: Path) -> None:
     """the command line said so with a 59-line FailedRun traceback; now the run's summary, then one
     ``error:`` line with the state's message, exit status 1 (``--debug``: the traceback)."""
     data = tmp_path / "data"
@@ -579,8 +499,8 @@ def test_a_build_where_every_clip_fails_ends_with_its_summary_and_one_error_line
     (data / "labels.csv").write_text("path,label,split\nx.mp4,cat,train\ny.mp4,dog,test\n")
     write_manifest(build_folder_manifest(data / "labels.csv", splitting=SplitConfig(val_fraction=0.0)).frame,
                    tmp_path / "m.parquet")
-    done = subprocess.run(_cli(tmp_path / "m.parquet", tmp_path / "out"), env=_own_prefect_home(tmp_path),
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(_cli(tmp_path / "m.parquet", tmp_path / "out"), env=stack, cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=300)
     said = done.stdout + done.stderr
     failures = next((tmp_path / "out").glob("features/*/failures.parquet"))
     assert done.returncode == 1 and "Traceback" not in said, said[-3000:]
@@ -591,60 +511,18 @@ def test_a_build_where_every_clip_fails_ends_with_its_summary_and_one_error_line
 
 
 @pytest.mark.slow
-def test_sigterm_stops_a_run_within_seconds_and_the_same_command_resumes(tmp_path: Path) -> None:
-    """SIGTERM (Ctrl-C likewise) stopped the demo 366 s later, once the running task had ended, and left
-    Prefect's temporary server running. Now the command exits within seconds, its run and unfinished task are
-    Crashed, no child process is left, and the same command resumes training from the last checkpoint."""
-    psutil = pytest.importorskip("psutil")
-    env = _own_prefect_home(tmp_path)
-    config = tmp_path / "small.yaml"  # a small generated set and budget: the stop and the resume are what count
-    config.write_text("synthetic: {clips: 400}\nepochs: 12\npatience: 12\n")
-    command = [sys.executable, "-m", "flows.train_eval", "--config", str(config), "--seeds", "0", "--methods", "hscmae",
-               "--out", str(tmp_path / "out")]
-    log = tmp_path / "first.log"
-    with open(log, "w") as sink:
-        run = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=sink, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while "hscmae seed 0: epoch 4/12" not in log.read_text():  # training, with epochs checkpointed
-        assert run.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.2)
-    children = psutil.Process(run.pid).children(recursive=True)  # the temporary Prefect server, at least
-    run.send_signal(signal.SIGTERM)
-    sent = time.monotonic()
-    assert run.wait(timeout=60) == 128 + signal.SIGTERM
-    assert time.monotonic() - sent < 15 and children and not [c.pid for c in children if _running(c.pid)]
-    said = log.read_text()
-    assert "stopping on SIGTERM: the work finished so far is kept; run the same command again to resume" in said
-    assert "Traceback" not in said
-    with sqlite3.connect(tmp_path / "prefect" / "prefect.db") as db:
-        assert db.execute("SELECT name, state_type FROM flow_run").fetchall()[0][1] == "CRASHED"
-        tasks = dict(db.execute("SELECT name, state_type FROM task_run").fetchall())
-    assert tasks["hscmae-seed0"] == "CRASHED"
-    resumed = subprocess.run(command, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
-    said = resumed.stdout + resumed.stderr
-    assert resumed.returncode == 0 and "hscmae seed 0: epoch 12/12" in said, said[-3000:]
-    assert "hscmae seed 0: epoch 2/12" not in said  # resumed from epoch 4 or later, not trained again from 1
+def test_build_features_deployment_runs_on_the_worker(stack: dict[str, str], tmp_path: Path) -> None:
+    params = ["--param", "demo_clips=10", "--param", f"demo={json.dumps({'seconds': 2.0})}",
+              "--param", f"out={json.dumps(str(tmp_path))}"]
+    done = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run", "build-features/demo", *params,
+                           "--watch", "--watch-timeout", "300"], env=stack, cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=330)
+    assert done.returncode == 0 and "Completed" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    shards = load_feature_set(next(tmp_path.glob("features/*/shards")))
+    assert len(shards) == 10 and shards.meta["visual"]["weights"] == RANDOM_WEIGHTS
 
 
-def _wait_final(flow_run_id: UUID, timeout_s: float = 300) -> State:
-    """The flow run's state once final (polling the server)."""
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while True:
-            state = client.read_flow_run(flow_run_id).state
-            if (state is not None and state.is_final()) or time.monotonic() > deadline:
-                return state
-            time.sleep(1)
-
-
-def _latest(flow_run_id: UUID, key: str) -> object:
-    """The latest version of the flow run's artifact ``key``."""
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                                      artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-    return max(found, key=lambda a: a.created)
-
-
+@pytest.mark.slow
 def test_deployments_progress_plot_links_refusal_and_cancel_on_down(stack: dict[str, str], first) -> None:
     """Last in the module: it stops the stack itself, with a build-features run in flight."""
     with get_client(sync_client=True) as client:
@@ -661,17 +539,17 @@ def test_deployments_progress_plot_links_refusal_and_cancel_on_down(stack: dict[
         assert len(client.read_flow_runs(flow_run_filter=of_these)) == before
 
         config = {"shards": str(first[1].result().shards), "methods": ["clip"], "seeds": [0], "epochs": 1,
-                  "val_fraction": 0.15}
+                  "val_fraction": 0.25}
         run = client.create_flow_run_from_deployment(training.id, parameters={"config": config})
-    state = _wait_final(run.id)
+    state = wait_final(run.id)
     assert state.is_completed(), state
-    progress = _latest(run.id, "train-eval-progress")
+    progress = latest(run.id, "train-eval-progress")
     assert progress.data == 100.0 and progress.description.startswith("1 of 1 method x seed done")
     assert "clip seed 0" in progress.description
 
     # the plot opens from the UI: its link points at the file server, which returns the file's bytes
     outputs, base = Path(stack["HSCMAE_OUTPUTS"]), f"http://127.0.0.1:{stack['FILES_PORT']}/"
-    links = re.findall(r"\((http://[^)]+)\)", _latest(run.id, "train-eval-files").data)
+    links = re.findall(r"\((http://[^)]+)\)", latest(run.id, "train-eval-files").data)
     plot = next(link for link in links if link.endswith("/plots/loss_curves.png"))
     assert plot.startswith(base + "runs/run-")
     with urllib.request.urlopen(plot, timeout=10) as response:
@@ -689,7 +567,7 @@ def test_deployments_progress_plot_links_refusal_and_cancel_on_down(stack: dict[
             time.sleep(0.5)
     down = subprocess.run([sys.executable, "-m", "flows.local", "down"], env=stack, cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=120)
-    # (a run killed earlier in the module may be cancelled too: it was left "Running")
+    # (a run killed earlier in the module is cancelled too: it was left "Running")
     assert down.returncode == 0 and busy.name in down.stdout.split("in flight: ")[1], down.stdout + down.stderr
     with sqlite3.connect(Path(stack["PREFECT_HOME"]) / "prefect.db") as db:  # the server is gone: read its db
         (state_type,) = db.execute("SELECT state_type FROM flow_run WHERE id = ?", (busy.id.hex,)).fetchone() or \

@@ -26,14 +26,9 @@ from flows.common import file_url
 from flows.files import serve
 from flows.server_log import RetriedLockFilter, server_logging
 from flows.processes import read_pid, served_files, start, state_dir, stop, write_stack
+from prefect_stack import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -116,7 +111,7 @@ def test_command_line_links_use_the_file_server_only_while_it_runs(tmp_path: Pat
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("HSCMAE_FILES_URL", raising=False)
     monkeypatch.delenv("HSCMAE_FILES_ROOT", raising=False)
-    out, port = tmp_path / "out", _free_port()
+    out, port = tmp_path / "out", free_port()
     plot = out / "runs" / "run 1" / "loss.png"
     plot.parent.mkdir(parents=True)
     plot.write_bytes(b"png")

@@ -96,6 +96,7 @@ def _finished(db: Path) -> list[tuple[int, float]]:
     return sorted(rows)
 
 
+@pytest.mark.slow
 def test_a_killed_tune_continues_its_study(shards: Path, tmp_path: Path) -> None:
     db = tmp_path / "studies.db"
     url = f"sqlite:///{db}"
@@ -126,6 +127,7 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_tune_writes_a_config_that_train_eval_runs(shards: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     tune = _run("flows.tune", "--features", str(shards), "--methods", "clip", "linear-cca", "--trials", "2",
