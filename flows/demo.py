@@ -52,14 +52,13 @@ from typing import Annotated  # noqa: E402
 
 from pydantic import Field  # noqa: E402
 
-from hscmae.config import Seed  # noqa: E402
+from hscmae.config import BatchSizeOverride, EpochsOverride, Seed  # noqa: E402
 
-# the flow's bounded parameters, declared once: its signature (the run form) and check_arguments use them
+# the flow's bounded parameters, declared once: its signature (the run form) and check_arguments use them;
+# the training budget is the experiment's override of every trainable method's (TrainConfig's bounds)
 Clips = Annotated[int, Field(ge=MIN_DEMO_CLIPS, le=100_000)]
 Seconds = Annotated[float, Field(gt=0.0, le=600.0)]
 Seeds = Annotated[list[Seed], Field(min_length=1, max_length=100)]
-Epochs = Annotated[int, Field(ge=1, le=10_000)]
-BatchSize = Annotated[int, Field(ge=1, le=65_536)]
 
 
 def check_arguments(args: argparse.Namespace) -> argparse.Namespace:
@@ -68,8 +67,8 @@ def check_arguments(args: argparse.Namespace) -> argparse.Namespace:
 
     with user_errors(args.debug):
         check_form("demo", {"clips": (Clips, args.clips), "seconds": (Seconds, args.seconds),
-                            "seeds": (Seeds, args.seeds), "epochs": (Epochs, args.epochs),
-                            "batch_size": (BatchSize, args.batch_size)})
+                            "seeds": (Seeds, args.seeds), "epochs": (EpochsOverride, args.epochs),
+                            "batch_size": (BatchSizeOverride, args.batch_size)})
     return args
 
 
@@ -93,8 +92,8 @@ def demo(
     seconds: Seconds = DEMO_SECONDS,
     visual_model: VisualModel = "resnet50",
     seeds: Seeds = DEMO_SEEDS,
-    epochs: Epochs = DEMO_EPOCHS,
-    batch_size: BatchSize = DEMO_BATCH_SIZE,
+    epochs: EpochsOverride = DEMO_EPOCHS,
+    batch_size: BatchSizeOverride = DEMO_BATCH_SIZE,
     out: Path | None = None,
     runs_root: str = "runs",
 ) -> TrainEvalOutcome:
@@ -104,7 +103,8 @@ def demo(
         clips, seconds: how many demo clips, and how long each one is.
         visual_model: the frame extractor.
         seeds: seeds of every method.
-        epochs, batch_size: the training budget of every trainable method (the demo's own, see above).
+        epochs, batch_size: the training budget of every trainable method (the demo's own, see above; empty:
+            each method's own).
         out, runs_root: the output root (empty: ``$HSCMAE_OUTPUTS``, else ``./outputs``), and the runs under it.
     """
     out = output_root(out)

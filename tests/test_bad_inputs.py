@@ -410,6 +410,7 @@ def test_weights_are_looked_for_where_torch_looks_before_torch_loads(tmp_path, v
     ("flows.build_features", ["--clips-per-shard", "0"],
      "error: build-features: clips_per_shard: Input should be greater than or equal to 1"),
     ("flows.demo", ["--clips", "0"], "error: demo: clips: Input should be greater than or equal to 20"),
+    ("flows.demo", ["--batch-size", "100000"], "error: demo: batch_size: Input should be less than or equal to 65536"),
     ("flows.train_eval", ["--epochs", "0"], "error: command line: epochs: Input should be greater than or equal to 1, got 0"),
     # bounds of the flows' typed signatures (the UI's run forms), checked before a server or run starts
     ("flows.demo", ["--clips", "5", "--seconds", "1000"],

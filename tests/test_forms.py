@@ -105,6 +105,7 @@ def test_deployment_parameters_override_the_defaults() -> None:
      "$.config.method_configs.hscmae.loss.mask_ratio"),
     ("flows/train_eval.py:train_eval", {"config": {"epochs": 0}}, "$.config.epochs"),
     ("flows/demo.py:demo", {"clips": 5}, "$.clips"),
+    ("flows/demo.py:demo", {"epochs": 0}, "$.epochs"),  # TrainConfig's bound, through the experiment's override
     ("flows/tune.py:tune", {"config": {"seeds": []}}, "$.config.seeds"),
 ])
 def test_bad_values_are_refused(entrypoint: str, change: dict[str, Any], field: str) -> None:
