@@ -44,6 +44,8 @@ from flows.build_features import build_features
 from flows.runners import task_runner
 from flows.feature_tasks import acquire_shard
 from flows.train_eval import train_eval
+from hscmae.checkpoint import checkpoint_dir
+from hscmae.embeddings import embed_shard, load_embedder, read_embeddings, run_method_config
 from hscmae.experiment import ExperimentConfig, run_experiment
 from pipeline.datasets.demo_videos import LABELS_FILE, DemoConfig, write_demo
 from pipeline.datasets.folder import SplitConfig, build_folder_manifest
@@ -167,11 +169,17 @@ def test_changed_extractor_config_recomputes_only_extraction(first, manifest: Pa
     assert list(new.clip_id) == list(old.clip_id) and not np.allclose(new.visual[0], old.visual[0])
 
 
-def test_train_eval_matches_the_plain_experiment_and_is_cached(first, tmp_path: Path) -> None:
-    shards = first[1].result().shards
-    config = ExperimentConfig(shards=str(shards), methods=["hscmae", "clip", "linear-cca"], seeds=[0], epochs=2,
-                              val_fraction=0.25, runs_root=str(tmp_path / "runs"))  # one val clip per class
-    state = train_eval(config, return_state=True)
+@pytest.fixture(scope="module")
+def trained(first, tmp_path_factory: pytest.TempPathFactory) -> tuple[ExperimentConfig, State]:
+    """train-eval on the first build's shards (hscmae, CLIP, linear CCA; one seed, 2 epochs): its config and state."""
+    config = ExperimentConfig(shards=str(first[1].result().shards), methods=["hscmae", "clip", "linear-cca"],
+                              seeds=[0], epochs=2, val_fraction=0.25,  # one val clip per class
+                              runs_root=str(tmp_path_factory.mktemp("trained") / "runs"))
+    return config, train_eval(config, return_state=True)
+
+
+def test_train_eval_matches_the_plain_experiment_and_is_cached(trained, tmp_path: Path) -> None:
+    config, state = trained
     assert state.is_completed(), state
     outcome = state.result()
     flow_run_id = state.state_details.flow_run_id
@@ -206,6 +214,31 @@ def test_train_eval_matches_the_plain_experiment_and_is_cached(first, tmp_path: 
     # data that cannot be prepared ends the run with that reason, not "Run is in PENDING state" from each run
     failed = train_eval(dataclasses.replace(config, val_fraction=0.05), return_state=True)
     assert failed.is_failed() and "ValueError: cannot stratify" in failed.message, failed.message
+
+
+def test_embed_command_line_writes_the_runs_embeddings_and_is_cached(stack: dict[str, str], trained, first,
+                                                                    tmp_path: Path) -> None:
+    """``python -m flows.embed`` on the run's feature shards: one embedding shard per feature shard, equal to
+    the library's ``embed_shard`` with the run's selected model; the same command again is Cached."""
+    config, state = trained
+    run_dir, shards = state.result().run_dir, first[1].result().shards
+    command = [sys.executable, "-m", "flows.embed", "--run", str(run_dir), "--features", str(shards),
+               "--out", str(tmp_path / "emb")]
+    done = subprocess.run(command, env=stack, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    said = done.stdout + done.stderr
+    assert done.returncode == 0 and f"{CLIPS} clips embedded by hscmae seed 0" in said, said[-3000:]
+    assert "shard tasks {'Completed': 4}" in said
+    features = load_feature_set(shards)
+    embedder = load_embedder(run_method_config(run_dir, "hscmae"), checkpoint_dir(run_dir, "hscmae", 0),
+                             dict(zip(("audio", "visual"), features.dims)), seed=0)
+    for i, shard in enumerate(sorted(shards.glob("*.parquet"))):
+        embed_shard(embedder, shard, tmp_path / "ref" / f"embeddings-{i:05d}.parquet")
+    got, want = read_embeddings(tmp_path / "emb"), read_embeddings(tmp_path / "ref")
+    assert list(got.clip_id) == list(want.clip_id) == list(features.clip_id)
+    np.testing.assert_array_equal(got.audio, want.audio)
+    np.testing.assert_array_equal(got.visual, want.visual)
+    again = subprocess.run(command, env=stack, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "shard tasks {'Cached': 4}" in again.stdout + again.stderr
 
 
 def test_failed_runs_count_as_done_in_train_eval_progress(monkeypatch: pytest.MonkeyPatch) -> None:
