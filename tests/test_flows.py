@@ -41,6 +41,7 @@ from prefect.client.schemas.objects import State
 from extractors.extract import ExtractConfig, extract_features
 from flows import PROJECT_ROOT
 from flows.build_features import build_features
+from flows.embed import embed
 from flows.runners import task_runner
 from flows.feature_tasks import acquire_shard
 from flows.train_eval import train_eval
@@ -219,7 +220,7 @@ def test_train_eval_matches_the_plain_experiment_and_is_cached(trained, tmp_path
 def test_embed_command_line_writes_the_runs_embeddings_and_is_cached(stack: dict[str, str], trained, first,
                                                                     tmp_path: Path) -> None:
     """``python -m flows.embed`` on the run's feature shards: one embedding shard per feature shard, equal to
-    the library's ``embed_shard`` with the run's selected model; the same command again is Cached."""
+    the library's ``embed_shard`` with the run's selected model; the same flow again is Cached."""
     config, state = trained
     run_dir, shards = state.result().run_dir, first[1].result().shards
     command = [sys.executable, "-m", "flows.embed", "--run", str(run_dir), "--features", str(shards),
@@ -237,8 +238,8 @@ def test_embed_command_line_writes_the_runs_embeddings_and_is_cached(stack: dict
     assert list(got.clip_id) == list(want.clip_id) == list(features.clip_id)
     np.testing.assert_array_equal(got.audio, want.audio)
     np.testing.assert_array_equal(got.visual, want.visual)
-    again = subprocess.run(command, env=stack, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "shard tasks {'Cached': 4}" in again.stdout + again.stderr
+    again = embed(run=run_dir, features=shards, out=tmp_path / "emb")  # the flow the command ran, here
+    assert again.task_states == {"Cached": 4} and again.clips == CLIPS
 
 
 def test_failed_runs_count_as_done_in_train_eval_progress(monkeypatch: pytest.MonkeyPatch) -> None:
