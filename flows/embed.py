@@ -31,6 +31,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--features", type=Path, help="feature shards (folder or file) to embed")
     source.add_argument("--videos", type=Path, help="videos to extract first: class folders or a labels CSV")
     parser.add_argument("--out", required=True, type=Path, help="embedding folder to write")
+    parser.add_argument("--times", choices=("clip", "event"), default="clip",
+                        help="with --videos and a labels CSV: its start/end cut each clip (clip), or mark the event "
+                             "in the whole file (event: as the demo set's labels.csv)")
     parser.add_argument("--posthoc-cca", action="store_true", help="apply the run's post-hoc CCA")
     add_debug_argument(parser)
     return parser.parse_args(argv)
@@ -61,7 +64,7 @@ if __name__ == "__main__":  # --help, argument errors and bad input answer befor
 
 import json  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, Literal  # noqa: E402
 
 import pyarrow.parquet as pq  # noqa: E402
 from prefect import flow, task  # noqa: E402
@@ -115,8 +118,9 @@ def run_features_meta(run_dir: Path) -> dict[str, Any]:
     return read_shard(shard_paths(config["experiment"]["shards"])[0])[1]
 
 
-def features_from_videos(run_dir: Path, videos: Path, out: Path) -> Path:
-    """Run ``build-features`` on ``videos`` with the run's extractor; returns the new shard folder."""
+def features_from_videos(run_dir: Path, videos: Path, out: Path, times: Literal["clip", "event"] = "clip") -> Path:
+    """Run ``build-features`` on ``videos`` (``times``: see :func:`new_videos_manifest`) with the run's extractor;
+    returns the new shard folder."""
     # the extractors load only on this path: embedding feature shards needs none
     from extractors.extract import differing_extractors, extract_config_of
     from flows.build_features import build_features
@@ -124,7 +128,7 @@ def features_from_videos(run_dir: Path, videos: Path, out: Path) -> Path:
     from pipeline.datasets.schema import write_manifest
 
     meta = run_features_meta(run_dir)
-    manifest = write_manifest(new_videos_manifest(videos, out / "build"), out / "build" / "manifest.parquet")
+    manifest = write_manifest(new_videos_manifest(videos, out / "build", times), out / "build" / "manifest.parquet")
     result = build_features(manifest=manifest, out=out / "build", extract=extract_config_of(meta))
     made = read_shard(shard_paths(result.shards)[0])[1]
     differs = differing_extractors(made, meta)
@@ -136,7 +140,8 @@ def features_from_videos(run_dir: Path, videos: Path, out: Path) -> Path:
 
 @flow(name="embed", log_prints=True)
 def embed(run: Path, features: Path | None = None, out: Path | None = None, method: str = "hscmae",
-          seed: int = 0, posthoc_cca: bool = False, videos: Path | None = None) -> EmbedOutcome:
+          seed: int = 0, posthoc_cca: bool = False, videos: Path | None = None,
+          times: Literal["clip", "event"] = "clip") -> EmbedOutcome:
     """Embed every clip of ``features`` (or of ``videos``) with ``method`` x ``seed`` of the run ``run``.
 
     Args:
@@ -144,7 +149,8 @@ def embed(run: Path, features: Path | None = None, out: Path | None = None, meth
         out: the embedding folder (empty: ``embeddings/`` under the output root); method, seed: which
             selected model of the run.
         posthoc_cca: apply the run's post-hoc CCA (trainable methods only).
-        videos: a class-folder tree or labels CSV to extract first (instead of ``features``).
+        videos: a class-folder tree or labels CSV to extract first (instead of ``features``); times: whether
+            the CSV's start/end cut each clip or mark the event in the whole file.
     """
     run_dir = Path(run).resolve()
     out = Path(out).resolve() if out is not None else output_root() / "embeddings"
@@ -152,7 +158,7 @@ def embed(run: Path, features: Path | None = None, out: Path | None = None, meth
     weights = checkpoint_dir(run_dir, method, seed) / BEST
     if not weights.is_file():
         raise ValueError(f"{weights}: no such checkpoint (method {method!r}, seed {seed})")
-    source = features_from_videos(run_dir, Path(videos), out) if videos is not None else Path(features)
+    source = features_from_videos(run_dir, Path(videos), out, times) if videos is not None else Path(features)
     shards = shard_paths(source)
     dims = tuple(zip(("audio", "visual"), load_feature_set(shards[:1]).dims))
     code = source_digest("hscmae", "pipeline.features.shards")
@@ -177,7 +183,7 @@ def main(argv: list[str] | None = None, *, checked: argparse.Namespace | None = 
     """The command line: ``argv`` parsed and checked, or ``checked`` when ``__main__`` has done that already."""
     args = checked or check_arguments(parse_arguments(argv))
     parameters = dict(run=args.run, features=args.features, out=args.out, method=args.method, seed=args.seed,
-                      posthoc_cca=args.posthoc_cca, videos=args.videos)
+                      posthoc_cca=args.posthoc_cca, videos=args.videos, times=args.times)
     check_flow_parameters(embed, parameters, debug=args.debug)
     return run_flow(embed, parameters, debug=args.debug)
 

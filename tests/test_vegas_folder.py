@@ -12,6 +12,7 @@ import pytest
 from pipeline.datasets.cards import load_card
 from pipeline.datasets.folder import SplitConfig, build_folder_manifest, clip_id_from_path
 from pipeline.datasets.manifest import main
+from pipeline.datasets.new_videos import new_videos_manifest
 from pipeline.datasets.schema import ManifestError, read_manifest
 from pipeline.datasets.vegas import build_vegas_manifest
 
@@ -176,3 +177,16 @@ def test_cli_folder_and_vegas_write_manifests(tmp_path, vegas_tree, capsys):
     assert (frame["dataset"] == "mine").all()
     assert frame.groupby("label")["split"].value_counts().to_dict() == {
         ("a", "train"): 3, ("a", "test"): 2, ("b", "train"): 3, ("b", "test"): 2}
+
+
+def test_new_videos_read_a_labels_csv_as_clip_cuts_or_as_events(demo_dir, demo_labels, tmp_path):
+    """The demo set's labels.csv marks events: read as cuts, each clip is its event window; with
+    ``times="event"`` it is the whole file, as build-features made it for training (``flows.embed --times``)."""
+    cut = new_videos_manifest(demo_dir, tmp_path / "cut")
+    whole = new_videos_manifest(demo_dir, tmp_path / "whole", times="event")
+    assert list(cut["source"]) == list(whole["source"]) == list(demo_labels["path"])
+    np.testing.assert_allclose(cut["clip_start_s"], demo_labels["start"])
+    np.testing.assert_allclose(cut["clip_end_s"], demo_labels["end"])
+    assert (whole["clip_start_s"] == 0.0).all() and whole["clip_end_s"].isna().all()
+    np.testing.assert_allclose(whole["event_start_s"], demo_labels["start"])
+    np.testing.assert_allclose(whole["event_end_s"], demo_labels["end"])
