@@ -27,7 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from extractors.extract import ClipJob, ExtractConfig, Extractors, extract_features  # noqa: E402
+from extractors.config import ExtractConfig  # noqa: E402
+from extractors.extract import ClipJob, Extractors, extract_features  # noqa: E402
 from pipeline.datasets.demo_videos import CLASSES, DemoConfig, write_demo  # noqa: E402
 from pipeline.features.failures import Failure  # noqa: E402
 from pipeline.media.segment import SegmentConfig, segment_clip  # noqa: E402

@@ -39,7 +39,8 @@ def child(path: Path, size: int) -> None:
     """Segment and extract one clip; print rows, seconds and peak memory as JSON."""
     import torch
 
-    from extractors.extract import ExtractConfig, Extractors
+    from extractors.config import ExtractConfig
+    from extractors.extract import Extractors
     from pipeline.media.segment import SegmentConfig, segment_clip
 
     torch.set_num_threads(1)

@@ -46,7 +46,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from extractors.extract import ClipJob, ExtractConfig, Extractors, extract_features
+from extractors.config import ExtractConfig
+from extractors.extract import ClipJob, Extractors, extract_features
 from extractors.visual import preprocess_frames
 from flows.common import output_root
 from hscmae.config import MODEL_PRESETS, methods

@@ -64,12 +64,14 @@ def chosen_weights(args: argparse.Namespace) -> tuple[str | None, str | None]:
 def check_arguments(args: argparse.Namespace) -> argparse.Namespace:
     """Bad paths, values or missing weight files: one ``error:`` line and exit 2 (light: no torch, no Prefect)."""
     from flows.checks import check_build_features, check_form, check_weights
+    from flows.params import DemoSettings
 
     with user_errors(args.debug):
         check_runner_arguments(args)
         check_form("build-features", {"demo_clips": (Count, args.demo_clips),
-                                      "clips_per_shard": (Count, args.clips_per_shard)})
-        check_build_features(args.manifest, root=args.root, archive=args.archive, demo_seconds=args.demo_seconds)
+                                      "clips_per_shard": (Count, args.clips_per_shard),
+                                      "demo": (DemoSettings, {"seconds": args.demo_seconds})})
+        check_build_features(args.manifest, root=args.root, archive=args.archive)
         audio, visual = chosen_weights(args)
         check_weights(args.visual_model, audio=audio, visual=visual)
     return args
@@ -85,7 +87,7 @@ from prefect import flow  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.states import Completed, Failed  # noqa: E402
 
-from extractors.extract import ExtractConfig, extract_cache_config  # noqa: E402
+from extractors.config import ExtractConfig, extract_cache_config  # noqa: E402
 from flows.cli import apply_verbosity, check_flow_parameters, run_flow, runner_from_arguments  # noqa: E402
 from flows.common import link_dir, output_root, results_dir  # noqa: E402
 from flows.runners import task_runner  # noqa: E402
@@ -101,15 +103,12 @@ from pipeline.features.failures import failures_frame  # noqa: E402
 from pipeline.io.digest import digest, short, source_digest  # noqa: E402
 from pipeline.media.acquire import AcquireConfig  # noqa: E402
 
-DEMO_CODE = ("pipeline.datasets.demo_videos",)
-
-
 def _manifest(manifest: Path | None, demo: DemoConfig, demo_clips: int, out: Path) -> tuple[pd.DataFrame, str]:
     """The manifest to build from, and its dataset name: a file, or the demo videos (made once)."""
     if manifest is not None:
         frame = read_manifest(manifest)
         return frame, str(frame["dataset"].iloc[0])
-    content = digest("demo", demo_clips, demo, source_digest(*DEMO_CODE))
+    content = digest("demo", demo_clips, demo, source_digest("pipeline.datasets.demo_videos"))  # the code it follows
     folder = (out / "demo" / short(content)).resolve()
     # the cached result is the folder's path, so the key holds it: a moved output root regenerates
     folder = demo_videos.with_options(result_storage=results_dir(out))(

@@ -16,7 +16,7 @@ from extractors.weights import WeightsArg, WeightsNotFoundError, is_random, reso
 from pipeline.datasets.schema import read_manifest
 from pipeline.features.shards import check_shards
 from pipeline.io.config_file import read_config_file
-from pipeline.io.errors import UserError, require_dir, require_positive
+from pipeline.io.errors import UserError, require_dir
 from pipeline.vocab import RANDOM_WEIGHTS
 
 
@@ -54,16 +54,14 @@ def check_weights(visual_model: str, *, audio: WeightsArg, visual: WeightsArg) -
         raise UserError("; ".join(str(exc) for exc in missing))
 
 
-def check_build_features(manifest: Path | None, *, root: Path | None, archive: Path | None,
-                         demo_seconds: float) -> None:
-    """Arguments of ``flows.build_features``: the manifest valid, folders present, demo length positive."""
+def check_build_features(manifest: Path | None, *, root: Path | None, archive: Path | None) -> None:
+    """Arguments of ``flows.build_features``: the manifest valid, folders present (its values: the flow's form)."""
     if manifest is not None:
         read_manifest(manifest)
     if root is not None:
         require_dir(root, "dataset root (--root)")
     if archive is not None and not Path(archive).exists():
         raise UserError(f"{archive}: no such archive (--archive)")
-    require_positive("--demo-seconds", demo_seconds)
 
 
 def check_train_eval(features: Path | None, config: Path | None) -> None:

@@ -122,7 +122,7 @@ def features_from_videos(run_dir: Path, videos: Path, out: Path, times: Literal[
     """Run ``build-features`` on ``videos`` (``times``: see :func:`new_videos_manifest`) with the run's extractor;
     returns the new shard folder."""
     # the extractors load only on this path: embedding feature shards needs none
-    from extractors.extract import differing_extractors, extract_config_of
+    from extractors.config import differing_extractors, extract_config_of
     from flows.build_features import build_features
     from pipeline.datasets.new_videos import new_videos_manifest
     from pipeline.datasets.schema import write_manifest

@@ -19,7 +19,8 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import task_run
 from prefect.tasks import exponential_backoff
 
-from extractors.extract import ExtractConfig, extract_one_shard, models_for
+from extractors.config import ExtractConfig
+from extractors.extract import extract_one_shard, models_for
 from flows.common import key_of
 from flows.progress import Progress
 from pipeline.datasets.demo_videos import DemoConfig, write_demo

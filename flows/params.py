@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from extractors.extract import ExtractConfig
+from extractors.config import ExtractConfig
 from extractors.registry import VISUAL_MODEL_NAMES
 from hscmae.config import Seed
 from pipeline.media.acquire import AcquireConfig

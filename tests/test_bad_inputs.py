@@ -376,6 +376,8 @@ def test_bad_flags_and_files_answer_in_one_line_before_prefect_or_torch_load(tmp
         ("flows.demo", "--clips", "5", "--out", str(out)): "error: demo: clips: Input should be greater than or equal to 20",
         ("flows.build_features", "--weights", "random", "--demo-clips", "0", "--out", str(out)):
             "error: build-features: demo_clips: Input should be greater than or equal to 1",
+        ("flows.build_features", "--weights", "random", "--demo-seconds", "1000", "--out", str(out)):
+            "error: build-features: demo.seconds: Input should be less than or equal to 600",
         ("pipeline.datasets.manifest", "folder", "--source", str(csv), "--out", str(out / "m.parquet")):
             f"error: {csv}, line 3: label 'cat\\nsitting': {LINE_BREAK}",
     }

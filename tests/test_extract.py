@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from extractors.extract import (ClipJob, ExtractConfig, Extractors, differing_extractors, extract_config_of,
-                                extract_features, extract_one_shard, prefetch)
+from extractors.config import ExtractConfig, differing_extractors, extract_config_of
+from extractors.extract import ClipJob, Extractors, extract_features, extract_one_shard, prefetch
 from pipeline.features.failures import Failure
 from pipeline.media.segment import Segment, SegmentConfig, segment_clip
 from pipeline.features.shards import load_feature_set, read_shard, uses_random_weights

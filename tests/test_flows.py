@@ -38,7 +38,8 @@ from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterKey, F
                                             FlowRunFilterDeploymentId, FlowRunFilterId)
 from prefect.client.schemas.objects import State
 
-from extractors.extract import ExtractConfig, extract_features
+from extractors.config import ExtractConfig
+from extractors.extract import extract_features
 from flows import PROJECT_ROOT
 from flows.build_features import build_features
 from flows.embed import embed

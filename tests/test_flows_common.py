@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from extractors.extract import ExtractConfig, extract_cache_config
+from extractors.config import ExtractConfig, extract_cache_config
 from hscmae.config import load_config
 from pipeline.features.build import (ExtractJob, clip_jobs, feature_set_outcome, finish_shard, relocate, shard_done,
                                      shard_on_disk)
@@ -221,7 +221,7 @@ def test_run_forms_mirror_every_stage_config_field_and_default() -> None:
     """A field added to a stage config must reach the UI's form too (and keep its default)."""
     import dataclasses
 
-    from extractors.extract import ExtractConfig
+    from extractors.config import ExtractConfig
     from flows.params import AcquireSettings, DemoSettings, ExtractSettings, SegmentSettings
     from pipeline.media.acquire import AcquireConfig
     from pipeline.datasets.demo_videos import DemoConfig
