@@ -62,7 +62,9 @@ def check_arguments(args: argparse.Namespace) -> argparse.Namespace:
 if __name__ == "__main__":  # --help, argument errors and bad input answer before torch and Prefect load
     CHECKED = check_arguments(parse_arguments())
 
+import functools  # noqa: E402
 import json  # noqa: E402
+from collections import Counter  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any, Literal  # noqa: E402
 
@@ -72,7 +74,8 @@ from prefect import flow, task  # noqa: E402
 from flows.cli import check_flow_parameters, run_flow  # noqa: E402
 from flows.common import key_of, output_root, results_dir  # noqa: E402
 from hscmae.checkpoint import BEST, checkpoint_dir  # noqa: E402
-from hscmae.embeddings import SHARD_PATTERN, embed_shard, load_embedder, run_method_config  # noqa: E402
+from hscmae.embeddings import (SHARD_PATTERN, Embedder, embed_shard, load_embedder,  # noqa: E402
+                               run_method_config)
 from pipeline.features.shards import load_feature_set, read_shard, shard_paths  # noqa: E402
 from pipeline.io.digest import digest, sha256_file, source_digest  # noqa: E402
 
@@ -103,13 +106,17 @@ class EmbedOutcome:
     task_states: dict[str, int]
 
 
+@functools.lru_cache(maxsize=4)
+def _embedder(run_dir: Path, method: str, seed: int, dims: tuple[tuple[str, int], ...], posthoc: bool) -> Embedder:
+    """The run's selected model, loaded once per process and shared by its shard tasks, not once per shard."""
+    return load_embedder(run_method_config(run_dir, method), checkpoint_dir(run_dir, method, seed), dict(dims),
+                         seed=seed, posthoc=posthoc)
+
+
 @task(name="embed-shard", task_run_name="{job.shard.stem}", cache_policy=key_of("job"), persist_result=True)
 def embed_job(job: EmbedJob) -> Path:
     """Embed one feature shard with the job's selected model; returns the embedding shard written."""
-    embedder = load_embedder(run_method_config(job.run_dir, job.method),
-                             checkpoint_dir(job.run_dir, job.method, job.seed), dict(job.dims), seed=job.seed,
-                             posthoc=job.posthoc)
-    return embed_shard(embedder, job.shard, job.out)
+    return embed_shard(_embedder(job.run_dir, job.method, job.seed, job.dims, job.posthoc), job.shard, job.out)
 
 
 def run_features_meta(run_dir: Path) -> dict[str, Any]:
@@ -172,9 +179,7 @@ def embed(run: Path, features: Path | None = None, out: Path | None = None, meth
     for stale in set(out.glob(SHARD_PATTERN)) - set(written):  # left by an earlier, larger feature set
         stale.unlink()
     clips = sum(pq.ParquetFile(p).metadata.num_rows for p in written)
-    states: dict[str, int] = {}
-    for future in futures:
-        states[future.state.name] = states.get(future.state.name, 0) + 1
+    states = dict(Counter(future.state.name for future in futures))
     print(f"{clips} clips embedded by {method} seed {seed} into {out}; shard tasks {states}")
     return EmbedOutcome(out=out, shards=written, clips=clips, task_states=states)
 
